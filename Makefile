@@ -1,0 +1,44 @@
+# The commands the README names. Each target makes .venv and installs what it needs by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast bench lint format clean services
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: start the system (embedded default with nothing configured; MySQL/RabbitMQ when BOXTASKS_* URLs are set)
+run: $(STAMP)
+	$(BIN)/boxtasks run
+
+## test: the whole suite against the real services (MariaDB, PostgreSQL, RabbitMQ, SQLite)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-fast: everything but the tests marked slow
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+## bench: benchmarks, each printing its figures beside a baseline measured in the same run
+bench: $(STAMP)
+	$(BIN)/python bench/locks.py
+
+## lint: ruff and mypy as configured in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var

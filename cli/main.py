@@ -1,0 +1,67 @@
+"""`boxtasks`: the shell's door to the task engine. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from cli import locks_cmd
+from cli.errors import CliError
+from config import ConfigError, get_settings
+from lockman import LockError
+from models import ModelError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from models.migrate import upgrade
+
+    url = get_settings().effective_database_url
+    upgrade(url)
+    if not args.json:
+        sys.stdout.write("database is up to date\n")
+    else:
+        sys.stdout.write('{"upgraded": true}\n')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser = argparse.ArgumentParser(prog="boxtasks", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="database schema", parents=[common])
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="apply migrations (safe to run again)", parents=[common])
+    up.set_defaults(handler=_db_upgrade)
+
+    locks = sub.add_parser("locks", help="lock holders and waiters, and why they wait", parents=[common])
+    locks.set_defaults(handler=locks_cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (CliError, ConfigError, LockError, ModelError) as err:
+        sys.stderr.write(f"boxtasks: {err}\n")
+        return 1
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0]
+        sys.stderr.write(f"boxtasks: database error: {reason}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""One pydantic-settings class for every process (API, worker, beat, CLI).
+
+Nothing is read at import time: `get_settings()` reads the environment on first use,
+so tests and the CLI can set variables before anything asks.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.errors import ConfigError
+
+ENV_PREFIX = "BOXTASKS_"
+_SUPPORTED_DB_SCHEMES = ("sqlite", "mysql+pymysql", "mariadb+pymysql", "postgresql+psycopg", "postgresql")
+_SUPPORTED_BROKER_SCHEMES = ("filesystem", "amqp", "pyamqp", "redis", "rediss", "memory")
+
+
+class Settings(BaseSettings):
+    """Every knob of boxtasks. Empty URLs mean the embedded default under `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default=Path("var"), description="where the embedded database, broker and data live")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty: SQLite under data_dir")
+    broker_url: str = Field(default="", description="Celery broker URL; empty: kombu filesystem:// under data_dir")
+    lock_row: str = Field(default="main", min_length=1, max_length=64, description="id of the lock row")
+    lock_lease_seconds: float = Field(default=30.0, gt=0, le=3600, description="a holder silent this long is dead")
+    heartbeat_seconds: float = Field(default=0.0, ge=0, description="0: a third of the lease")
+    sql_echo: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and value.split("://", 1)[0] not in _SUPPORTED_DB_SCHEMES:
+            raise ValueError(
+                f"scheme must be one of {', '.join(_SUPPORTED_DB_SCHEMES)} (got {value.split(':', 1)[0]!r})"
+            )
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        if value and value.split("://", 1)[0] not in _SUPPORTED_BROKER_SCHEMES:
+            raise ValueError(
+                f"scheme must be one of {', '.join(_SUPPORTED_BROKER_SCHEMES)} (got {value.split(':', 1)[0]!r})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> Settings:
+        if self.heartbeat_seconds and self.heartbeat_seconds >= self.lock_lease_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be shorter than "
+                f"{ENV_PREFIX}LOCK_LEASE_SECONDS ({self.lock_lease_seconds})"
+            )
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'boxtasks.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_seconds or self.lock_lease_seconds / 3
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = "_".join(str(part) for part in first["loc"]) if first["loc"] else ""
+    name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+    return f"{name}: {first['msg']}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment now; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from err
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once on first use."""
+    return load_settings()

@@ -1,0 +1,39 @@
+"""SQLAlchemy 2.0 models, the engine, and the migrations of boxtasks' database."""
+
+from __future__ import annotations
+
+from models.app import App, PortBinding
+from models.backup import Archive, Backup
+from models.base import Base
+from models.clock import db_utcnow
+from models.engine import dispose_after_fork, get_engine, make_engine, new_session
+from models.errors import MigrationError, ModelError
+from models.events import Event, Notification
+from models.lock import LockRow
+from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskState
+
+__all__ = [
+    # errors
+    "MigrationError",
+    "ModelError",
+    # tables
+    "App",
+    "Archive",
+    "Backup",
+    "Base",
+    "Event",
+    "LockRow",
+    "Notification",
+    "PortBinding",
+    "Task",
+    # task states
+    "FINAL_STATES",
+    "PROCESSLESS_STATES",
+    "TaskState",
+    # database
+    "db_utcnow",
+    "dispose_after_fork",
+    "get_engine",
+    "make_engine",
+    "new_session",
+]
