@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
 
@@ -32,7 +32,32 @@ class Settings(BaseSettings):
     lock_row: str = Field(default="main", min_length=1, max_length=64, description="id of the lock row")
     lock_lease_seconds: float = Field(default=30.0, gt=0, le=3600, description="a holder silent this long is dead")
     heartbeat_seconds: float = Field(default=0.0, ge=0, description="0: a third of the lease")
+    sweep_seconds: float = Field(default=10.0, gt=0, description="how often beat sweeps dead lock owners")
+    stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL, when stopping a task")
     sql_echo: bool = False
+
+    # Apps: the Docker engine they run on, and how their containers are made.
+    docker_host: str = Field(default="unix:///var/run/docker.sock", description="Docker engine URL")
+    docker_timeout_seconds: float = Field(default=120.0, gt=0, description="one Docker API call, pulls included")
+    app_network: str = Field(default="bridge", min_length=1, description="network app containers join")
+    app_stop_timeout_seconds: int = Field(default=10, ge=0, le=600, description="SIGTERM to SIGKILL on stop")
+
+    # Admin email: what needs an admin now goes over SMTP (smtplib); empty host: email is off.
+    smtp_host: str = Field(default="", description="SMTP relay for admin email; empty disables email")
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = Field(default="boxtasks@localhost", min_length=3, description="From: of admin email")
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    admin_emails: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated addresses that receive admin email"
+    )
+
+    # Mail addons of apps: the platform's own mail server, as the apps see it.
+    mail_domain: str = Field(default="localhost", min_length=1, description="domain of app mail addresses")
+    addon_smtp_host: str = Field(default="mail", min_length=1, description="SMTP host apps send through")
+    addon_smtp_port: int = Field(default=2525, ge=1, le=65535)
+    addon_imap_host: str = Field(default="mail", min_length=1, description="IMAP host apps read mail from")
+    addon_imap_port: int = Field(default=9993, ge=1, le=65535)
+    receives_mail: bool = Field(default=False, description="whether this server receives mail (recvmail addon)")
 
     @field_validator("database_url")
     @classmethod
@@ -50,6 +75,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"scheme must be one of {', '.join(_SUPPORTED_BROKER_SCHEMES)} (got {value.split(':', 1)[0]!r})"
             )
+        return value
+
+    @field_validator("admin_emails", mode="before")
+    @classmethod
+    def _split_emails(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_emails")
+    @classmethod
+    def _plausible_emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if "@" not in address or any(c.isspace() for c in address):
+                raise ValueError(f"{address!r} is not an email address")
         return value
 
     @model_validator(mode="after")

@@ -39,6 +39,8 @@ class Task(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     type: Mapped[str] = mapped_column(String(32), nullable=False)
+    #: The Celery queue the task was sent to (a wake-up goes back to the same queue).
+    queue: Mapped[str] = mapped_column(String(32), nullable=False, default="apptask")
     args: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
     app_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default=TaskState.QUEUED.value)
@@ -54,3 +56,5 @@ class Task(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, server_default=db_utcnow())
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Set by `boxtasks task stop`: a task that dies after this ends `cancelled`, not `interrupted`.
+    stop_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

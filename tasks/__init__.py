@@ -1,0 +1,21 @@
+"""The Celery app, the locking decorator and the four task kinds.
+
+Clients (`api`, `cli`) import only `tasks.client` and `tasks.records`, which send by task name and
+read the database; the worker imports `tasks.kinds` and `tasks.signals`.
+"""
+
+from __future__ import annotations
+
+from tasks.celery import app
+from tasks.errors import BrokerUnavailableError, TaskDefinitionError, TaskError, TaskNotFoundError, TaskStopped
+
+__all__ = [
+    # the Celery app
+    "app",
+    # errors
+    "BrokerUnavailableError",
+    "TaskDefinitionError",
+    "TaskError",
+    "TaskNotFoundError",
+    "TaskStopped",
+]

@@ -93,6 +93,7 @@ def upgrade() -> None:
     op.create_table('tasks',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('type', sa.String(length=32), nullable=False),
+    sa.Column('queue', sa.String(length=32), nullable=False, server_default='apptask'),
     sa.Column('args', JSON_, nullable=False),
     sa.Column('app_id', sa.String(length=64), nullable=True),
     sa.Column('state', sa.String(length=16), nullable=False),
@@ -107,6 +108,7 @@ def upgrade() -> None:
     sa.Column('created_at', UTC_DATETIME, server_default=db_utcnow(), nullable=False),
     sa.Column('started_at', UTC_DATETIME, nullable=True),
     sa.Column('finished_at', UTC_DATETIME, nullable=True),
+    sa.Column('stop_requested_at', UTC_DATETIME, nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tasks'))
     )
     with op.batch_alter_table('tasks', schema=None) as batch_op:

@@ -1,0 +1,75 @@
+"""The Celery configuration, built from Settings (never at import time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import Settings
+
+#: One queue per kind of work, so a long full backup never stands in front of an app install.
+#: `maintenance` carries the short housekeeping tasks (the lock sweep), which must not wait behind
+#: a platformstart on the `platform` queue.
+QUEUES = ("apptask", "backup", "update", "platform", "maintenance")
+
+TASK_QUEUES = {
+    "boxtasks.apptask": "apptask",
+    "boxtasks.fullbackup": "backup",
+    "boxtasks.update": "update",
+    "boxtasks.platformstart": "platform",
+    "boxtasks.sweep": "maintenance",
+}
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.effective_broker_url != "filesystem://":
+        return {}
+    root = settings.resolved_data_dir / "broker"
+    for sub in ("queue", "processed", "control"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(root / "queue"),
+        "data_folder_out": str(root / "queue"),
+        "processed_folder": str(root / "processed"),
+        "store_processed": False,
+        # Fanout exchanges live here: broadcast control (revoke, terminate, inspect) works.
+        "control_folder": str(root / "control"),
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Settings for long, killable tasks.
+
+    * acks_late + prefetch 1: a message is acknowledged only when its task ends, and a worker
+      process reserves one message at a time, so a busy process never sits on queued work.
+    * reject_on_worker_lost stays False: a child killed mid-task (SIGKILL, OOM) is reported as
+      WorkerLostError, the task is marked `interrupted` and its locks are freed; it is not re-run,
+      since operations on apps are not idempotent. A message the broker redelivers anyway (lost
+      connection) meets the claim guard in `tasks.runner`, which never runs a second copy.
+    * track_started + task events: Flower shows STARTED and our custom PROGRESS/WAITING states.
+    * No result backend is polled by clients: the `tasks` table is the record.
+    """
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "broker_url": settings.effective_broker_url,
+        "broker_transport_options": broker_transport_options(settings),
+        "broker_connection_retry_on_startup": True,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": "apptask",
+        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        "task_create_missing_queues": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "lock-sweep": {"task": "boxtasks.sweep", "schedule": settings.sweep_seconds},
+        },
+        "beat_schedule_filename": str(settings.resolved_data_dir / "celerybeat-schedule"),
+    }

@@ -1,0 +1,19 @@
+"""The Celery app: `celery -A tasks worker|beat|flower`. Configured lazily from Settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from config import get_settings
+from config.celery import celery_config
+
+
+def _config() -> dict[str, Any]:
+    return celery_config(get_settings())
+
+
+app = Celery("boxtasks", include=["tasks.kinds", "tasks.signals", "tasks.control"], set_as_current=False)
+# add_defaults takes a callable: the settings are read when the config is first needed, not at import.
+app.add_defaults(_config)

@@ -1,0 +1,54 @@
+"""The four task kinds, each with its lock plan (DESIGN.md "Locks"), and the periodic sweep.
+
+Thin by design: unpack arguments, let the decorator take the locks, call `hosting`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from hosting import operations
+from hosting.fullbackup import back_up_apps
+from tasks.celery import app
+from tasks.locking import locked_task, process_runtime
+from tasks.maintenance import sweep as sweep_once
+from tasks.runner import RunContext
+
+
+@locked_task(kind="apptask", plan={"platform": "S", "app:{app_id}": "X"})
+def apptask(ctx: RunContext, *, app_id: str, operation: str, options: dict[str, Any] | None = None) -> Any:
+    ctx.progress(0, f"Starting {operation}")
+    return operations.run(ctx, app_id, operation, options or {})
+
+
+@locked_task(kind="fullbackup", plan={"task:fullbackup": "X", "platform": "S"})
+def fullbackup(ctx: RunContext, *, app_ids: list[str] | None = None) -> Any:
+    from hosting import backups  # type: ignore[attr-defined]  # comes with the backups issue
+
+    ids = app_ids if app_ids is not None else backups.apps_to_back_up(ctx)
+    report = back_up_apps(ctx, ids, backups.backup_app_for_full_backup)
+    return backups.finish_full_backup(ctx, report)
+
+
+@locked_task(kind="update", plan={"task:update": "X"})
+def update(ctx: RunContext, *, release_url: str | None = None) -> Any:
+    from hosting import platform_update  # type: ignore[attr-defined]  # comes with the backups issue
+
+    prepared = platform_update.prepare(ctx, release_url)
+    ctx.progress(60, "Waiting for running app tasks to finish")
+    ctx.acquire_more({"platform": "X"})
+    return platform_update.apply(ctx, prepared)
+
+
+@locked_task(kind="platformstart", plan={"task:platformstart": "X", "platform": "X"})
+def platformstart(ctx: RunContext) -> Any:
+    from hosting import platform_start  # type: ignore[attr-defined]  # comes with the backups issue
+
+    return platform_start.start(ctx)
+
+
+@app.task(name="boxtasks.sweep", bind=True, ignore_result=True)
+def sweep(self: Task) -> dict[str, list[str]]:
+    return sweep_once(process_runtime(self.request.hostname or "beat")).as_dict()

@@ -1,0 +1,183 @@
+"""`locked_task`: a Celery task that takes its lock plan before work and gives its process back to wait.
+
+    @locked_task(kind="apptask", plan={"platform": "S", "app:{app_id}": "X"})
+    def apptask(ctx: RunContext, *, app_id: str, operation: str) -> object: ...
+
+The plan is checked when the task is defined: modes, names (with sample values in the
+`{placeholders}`), and that every placeholder is a keyword argument of the function. The body
+runs in `tasks.runner.execute`, which knows nothing of Celery; this module only adapts it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import signal
+import string
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from config import get_settings
+from lockman import LockManager, LockPlanError, LockSet, lock_set
+from models import get_engine
+from tasks.celery import app
+from tasks.errors import TaskDefinitionError, TaskStopped
+from tasks.runner import Outcome, RunContext, Runtime, execute
+
+logger = logging.getLogger(__name__)
+
+Body = Callable[..., Any]
+F = TypeVar("F", bound=Body)
+
+#: Kinds defined in this process, name -> queue (a wake-up goes back to the task's queue).
+KINDS: dict[str, str] = {}
+
+
+def _placeholders(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def check_plan(kind: str, plan: Mapping[str, str], fn: Body) -> None:
+    """Refuse a wrong plan now, with a message that names the fix."""
+    if not plan:
+        raise TaskDefinitionError(
+            f"task {kind!r}: empty lock plan; declare at least one lock, e.g. {{'platform': 'S'}}"
+        )
+    params = inspect.signature(fn).parameters
+    sample: dict[str, str] = {}
+    for template in plan:
+        for field in _placeholders(template):
+            if field not in params:
+                raise TaskDefinitionError(
+                    f"task {kind!r}: lock {template!r} names {{{field}}}, which is not an argument of "
+                    f"{fn.__name__}(); add the argument or fix the lock name"
+                )
+            sample[field] = "sample"
+    try:
+        lock_set({t.format(**sample): m for t, m in plan.items()})
+    except LockPlanError as err:
+        raise TaskDefinitionError(f"task {kind!r}: {err}") from err
+
+
+def render_plan(plan: Mapping[str, str], kwargs: Mapping[str, Any]) -> LockSet:
+    """The concrete locks for one call; an argument that makes a bad lock name is refused."""
+    values = {f: str(kwargs[f]) for t in plan for f in _placeholders(t) if f in kwargs}
+    missing = {f for t in plan for f in _placeholders(t)} - set(values)
+    if missing:
+        raise LockPlanError(f"missing argument(s) for the lock plan: {', '.join(sorted(missing))}")
+    return lock_set({t.format(**values): m for t, m in plan.items()})
+
+
+@functools.cache
+def _process_runtime(pid: int, worker: str) -> Runtime:
+    """One Runtime per worker process (keyed by pid: a forked child builds its own)."""
+    from tasks.client import wake
+
+    settings = get_settings()
+    manager = LockManager.from_settings()
+    return Runtime(
+        manager=manager,
+        engine=get_engine(),
+        worker=worker,
+        pid=pid,
+        lease=manager.lease,
+        heartbeat_interval=settings.heartbeat_interval,
+        wake=wake,
+    )
+
+
+def process_runtime(worker: str) -> Runtime:
+    return _process_runtime(os.getpid(), worker)
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn the first SIGTERM (a stop) into TaskStopped in the task's thread; later ones are ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise TaskStopped(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class LockedTask(Task):  # type: ignore[misc]
+    """Base for locked tasks: runs the body through `tasks.runner`, mirrors progress to Flower."""
+
+    kind: str = ""
+    plan: Mapping[str, str] = {}
+    body: Body
+
+    def run(self, **kwargs: Any) -> Any:
+        task_id = self.request.id
+        locks = render_plan(self.plan, kwargs)
+        runtime = process_runtime(self.request.hostname or "local")
+        runtime.mirror = functools.partial(self._mirror, kwargs=kwargs)
+        with stop_on_sigterm():
+            result = execute(runtime, task_id, self.kind, locks, lambda ctx: type(self).body(ctx, **kwargs))
+        if result.outcome is Outcome.WAITING:
+            self.send_event("task-waiting", message=result.message, kind=self.kind)
+            raise Ignore()
+        if result.outcome is Outcome.SKIPPED:
+            logger.info("task %s skipped: %s", task_id, result.message)
+            raise Ignore()
+        if result.outcome is Outcome.CANCELLED:
+            self.send_event("task-cancelled", message=result.message, kind=self.kind)
+            raise Ignore()
+        if result.outcome is Outcome.FAILED:
+            assert result.error is not None
+            raise result.error
+        return result.value
+
+    def _mirror(self, percent: int, message: str, *, kwargs: Mapping[str, Any]) -> None:
+        # Flower applies any `task-*` event to its task record: custom fields show its progress.
+        self.send_event("task-progress", percent=percent, message=message, kind=self.kind, app_id=kwargs.get("app_id"))
+
+
+def locked_task(
+    *, kind: str, plan: Mapping[str, str], queue: str | None = None, **options: Any
+) -> Callable[[F], LockedTask]:
+    """Declare a task kind with its lock plan; the body is `fn(ctx: RunContext, **kwargs)`."""
+    if not kind.isidentifier():
+        raise TaskDefinitionError(f"task kind {kind!r} must be a Python identifier, like 'apptask'")
+
+    def decorate(fn: F) -> LockedTask:
+        check_plan(kind, plan, fn)
+        from tasks.client import queue_for, task_name
+
+        chosen = queue or queue_for(kind)
+        KINDS[kind] = chosen
+        task = app.task(
+            name=task_name(kind),
+            base=LockedTask,
+            bind=True,
+            queue=chosen,
+            kind=kind,
+            plan=dict(plan),
+            body=staticmethod(fn),
+            **options,
+        )(LockedTask.run)
+        return task  # type: ignore[no-any-return]
+
+    return decorate
+
+
+__all__ = ["KINDS", "LockedTask", "RunContext", "check_plan", "locked_task", "render_plan"]

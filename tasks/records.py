@@ -1,0 +1,226 @@
+"""The `tasks` table: the record of every task. Celery-free, so the API and the CLI use it too.
+
+Every state change is a conditional UPDATE: a task is claimed only from `queued`/`waiting`, and a
+final state is never overwritten. That is what keeps a redelivered or doubly woken message from
+running a second copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, Row, Table, insert, select, update
+
+from models import FINAL_STATES, Task, TaskState, db_utcnow
+
+_tasks: Table = Task.__table__  # type: ignore[assignment]
+_FINAL = tuple(s.value for s in FINAL_STATES)
+_CLAIMABLE = (TaskState.QUEUED.value, TaskState.WAITING.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of trying to start a task: claimed, or why not (the row as it stands)."""
+
+    claimed: bool
+    row: Row[Any] | None
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create(
+    engine: Engine, *, kind: str, queue: str, args: dict[str, Any], app_id: str | None, task_id: str | None = None
+) -> str:
+    task_id = task_id or new_task_id()
+    with engine.begin() as conn:
+        conn.execute(
+            insert(_tasks).values(
+                id=task_id,
+                type=kind,
+                queue=queue,
+                args=args,
+                app_id=app_id,
+                state=TaskState.QUEUED.value,
+                percent=0,
+                message="Queued",
+                locks={},
+            )
+        )
+    return task_id
+
+
+def get(engine: Engine, task_id: str) -> Row[Any] | None:
+    with engine.connect() as conn:
+        return conn.execute(select(_tasks, db_utcnow().label("db_now")).where(_tasks.c.id == task_id)).first()
+
+
+def claim(engine: Engine, task_id: str, *, worker: str, pid: int) -> Claim:
+    """Mark the task running in this process, only if it is queued or waiting (one winner)."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id, _tasks.c.state.in_(_CLAIMABLE), _tasks.c.stop_requested_at.is_(None))
+            .values(state=TaskState.RUNNING.value, worker=worker, pid=pid, heartbeat_at=db_utcnow(), message="Starting")
+        )
+        row = conn.execute(select(_tasks, db_utcnow().label("db_now")).where(_tasks.c.id == task_id)).first()
+    if result.rowcount == 1 and row is not None:
+        with engine.begin() as conn:
+            conn.execute(
+                update(_tasks)
+                .where(_tasks.c.id == task_id, _tasks.c.started_at.is_(None))
+                .values(started_at=db_utcnow())
+            )
+    return Claim(result.rowcount == 1, row)
+
+
+def to_waiting(engine: Engine, task_id: str, *, pid: int, message: str, waits: dict[str, str]) -> bool:
+    """Give up the process: the task waits for locks, and a release will wake it."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == pid)
+            .values(state=TaskState.WAITING.value, message=message[:512], locks={"waits": waits})
+        )
+    return result.rowcount == 1
+
+
+def set_message(engine: Engine, task_id: str, message: str, *, locks: dict[str, Any] | None = None) -> None:
+    values: dict[str, Any] = {"message": message[:512]}
+    if locks is not None:
+        values["locks"] = locks
+    with engine.begin() as conn:
+        conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(**values))
+
+
+def progress(engine: Engine, task_id: str, percent: int, message: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id, _tasks.c.state == TaskState.RUNNING.value)
+            .values(percent=max(0, min(100, percent)), message=message[:512])
+        )
+
+
+def set_locks(engine: Engine, task_id: str, locks: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(locks=locks))
+
+
+def finish(
+    engine: Engine,
+    task_id: str,
+    state: TaskState,
+    *,
+    message: str,
+    result: Any = None,
+    error: str | None = None,
+) -> bool:
+    """Move a task to a final state; a task already final is left as it is."""
+    values: dict[str, Any] = {
+        "state": state.value,
+        "message": message[:512],
+        "finished_at": db_utcnow(),
+        "locks": {},
+    }
+    if state is TaskState.SUCCEEDED:
+        values["percent"] = 100
+        values["result"] = result
+    if error is not None:
+        values["error"] = error
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(_tasks).where(_tasks.c.id == task_id, _tasks.c.state.not_in(_FINAL)).values(**values)
+        )
+    return done.rowcount == 1
+
+
+def interrupt(engine: Engine, task_ids: Iterable[str], *, reason: str) -> list[str]:
+    """Mark tasks whose process died `interrupted` (or `cancelled` if a stop was asked for)."""
+    changed = []
+    for task_id in task_ids:
+        row = get(engine, task_id)
+        if row is None or row.state in _FINAL:
+            continue
+        state = TaskState.CANCELLED if row.stop_requested_at is not None else TaskState.INTERRUPTED
+        message = "Stopped" if state is TaskState.CANCELLED else f"Interrupted: {reason}"
+        if finish(engine, task_id, state, message=message, error=None if state is TaskState.CANCELLED else reason):
+            changed.append(task_id)
+    return changed
+
+
+def request_stop(engine: Engine, task_id: str) -> bool:
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id, _tasks.c.state.not_in(_FINAL), _tasks.c.stop_requested_at.is_(None))
+            .values(stop_requested_at=db_utcnow())
+        )
+    return result.rowcount == 1
+
+
+def cancel_if_idle(engine: Engine, task_id: str) -> str | None:
+    """Cancel a task that has no process (queued or waiting); return the state it left, else None."""
+    for state in _CLAIMABLE:
+        with engine.begin() as conn:
+            result = conn.execute(
+                update(_tasks)
+                .where(_tasks.c.id == task_id, _tasks.c.state == state)
+                .values(
+                    state=TaskState.CANCELLED.value,
+                    message="Stopped before it ran" if state == TaskState.QUEUED.value else "Stopped while waiting",
+                    finished_at=db_utcnow(),
+                    locks={},
+                )
+            )
+        if result.rowcount == 1:
+            return state
+    return None
+
+
+def running_on(engine: Engine, worker: str) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(_tasks.c.id).where(_tasks.c.worker == worker, _tasks.c.state == TaskState.RUNNING.value)
+        ).all()
+    return [r.id for r in rows]
+
+
+def stale_running(engine: Engine, lease: dt.timedelta) -> list[str]:
+    """Running tasks whose heartbeat is older than the lease, on the database clock."""
+    with engine.connect() as conn:
+        now = conn.execute(select(db_utcnow())).scalar_one()
+        rows = conn.execute(
+            select(_tasks.c.id, _tasks.c.heartbeat_at).where(_tasks.c.state == TaskState.RUNNING.value)
+        ).all()
+    now = _naive(now)
+    return [r.id for r in rows if r.heartbeat_at is None or _naive(r.heartbeat_at) + lease < now]
+
+
+def waiting(engine: Engine, task_ids: Sequence[str] | None = None) -> Sequence[Any]:
+    stmt = select(_tasks.c.id, _tasks.c.type, _tasks.c.queue, _tasks.c.args).where(
+        _tasks.c.state == TaskState.WAITING.value
+    )
+    if task_ids is not None:
+        stmt = stmt.where(_tasks.c.id.in_(list(task_ids)))
+    with engine.connect() as conn:
+        return conn.execute(stmt).all()
+
+
+def heartbeat_is_fresh(row: Row[Any], lease: dt.timedelta) -> bool:
+    beat = _naive(row.heartbeat_at)
+    now = _naive(row.db_now)
+    return beat is not None and now is not None and beat + lease >= now
+
+
+def _naive(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value  # type: ignore[no-any-return]

@@ -1,0 +1,116 @@
+"""Worker signal handlers, all in one module: fork hygiene, start-up reconcile, lost children, revokes.
+
+Locks are freed here only once the task's process is known to be gone: `task_failure` with
+WorkerLostError comes after the pool saw the child exit, and for a terminate-revoke (which
+Celery announces *before* the child has exited) a watcher waits for the pid to disappear.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from billiard.exceptions import WorkerLostError
+from celery import signals
+from celery.worker import state as worker_state
+
+from models import FINAL_STATES, dispose_after_fork
+from tasks import records
+from tasks.locking import process_runtime
+from tasks.runner import _wake_ready, recover_dead
+
+logger = logging.getLogger(__name__)
+
+_FINAL = {s.value for s in FINAL_STATES}
+
+
+@signals.worker_process_init.connect
+def _child_started(**_: Any) -> None:
+    # Pooled connections inherited from the parent must not be shared with it.
+    dispose_after_fork()
+
+
+@signals.worker_init.connect
+def _reconcile_node(sender: Any = None, **_: Any) -> None:
+    """Tasks recorded as running on this node name belong to its previous life: they died with it."""
+    hostname = getattr(sender, "hostname", None)
+    if not hostname:
+        return
+    rt = process_runtime(hostname)
+    leftover = records.running_on(rt.engine, hostname)
+    if leftover:
+        logger.warning("node %s restarted: interrupting %d task(s) it left running", hostname, len(leftover))
+        recover_dead(rt, leftover, reason=f"worker {hostname} restarted while it ran")
+
+
+@signals.task_failure.connect
+def _child_lost(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    if task_id is None or not isinstance(exception, WorkerLostError):
+        return
+    hostname = getattr(getattr(sender, "request", None), "hostname", None) or "worker"
+    rt = process_runtime(hostname)
+    recover_dead(rt, [task_id], reason=f"its worker process died ({exception})")
+
+
+@signals.task_revoked.connect
+def _revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """A revoke from `boxtasks task stop`, the API or Flower: treat it as a stop."""
+    task_id = getattr(request, "id", None)
+    if task_id is None:
+        return
+    rt = process_runtime(getattr(request, "hostname", None) or "worker")
+    if task_id in worker_state.revoked:
+        records.request_stop(rt.engine, task_id)
+    # else: billiard reports a child lost after an earlier graceful terminate as "terminated"
+    # (the flag stays on the process): not a stop, so the task ends `interrupted`.
+    if not terminated:
+        if records.cancel_if_idle(rt.engine, task_id) is not None:
+            _wake_ready(rt, rt.manager.release(task_id))
+        return
+    row = records.get(rt.engine, task_id)
+    # The row's pid is the one that claimed the task; the request's may be unset when billiard
+    # reports a lost child as terminated.
+    pid = (row.pid if row is not None else None) or getattr(request, "worker_pid", None)
+    if pid:
+        _after_exit(int(pid), task_id, hostname=getattr(request, "hostname", None) or "worker")
+    else:
+        logger.warning("task %s revoked with no known pid; the sweep frees its locks after the lease", task_id)
+
+
+def _after_exit(pid: int, task_id: str, *, hostname: str, timeout: float = 600.0) -> None:
+    """Free the task's locks once process `pid` has exited, unless the task cleaned up itself."""
+    started = _start_time(pid)
+
+    def watch() -> None:
+        rt = process_runtime(hostname)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _start_time(pid) != started or started is None:
+                recover_dead(rt, [task_id], reason="stopped")
+                return
+            row = records.get(rt.engine, task_id)
+            if row is None or row.state in _FINAL:
+                return  # the task handled SIGTERM and released its locks itself
+            time.sleep(0.05)
+        logger.warning(
+            "task %s: process %d still there after %.0fs; the lease will free its locks", task_id, pid, timeout
+        )
+
+    threading.Thread(target=watch, name=f"reap-{task_id[:8]}", daemon=True).start()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time, or None if it is gone or a zombie (a zombie runs no code)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return fields[19]
