@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import locks_cmd
+from cli import locks_cmd, run_cmd
 from cli.errors import CliError
 from config import ConfigError, get_settings
 from lockman import LockError
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     locks = sub.add_parser("locks", help="lock holders and waiters, and why they wait", parents=[common])
     locks.set_defaults(handler=locks_cmd.run)
+
+    run = sub.add_parser("run", help="migrate, then run worker, beat and Flower until Ctrl-C", parents=[common])
+    run.set_defaults(handler=run_cmd.run)
     return parser
 
 

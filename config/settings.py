@@ -10,13 +10,14 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
 
 ENV_PREFIX = "BOXTASKS_"
 _SUPPORTED_DB_SCHEMES = ("sqlite", "mysql+pymysql", "mariadb+pymysql", "postgresql+psycopg", "postgresql")
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin", "changethis"}
 _SUPPORTED_BROKER_SCHEMES = ("filesystem", "amqp", "pyamqp", "redis", "rediss", "memory")
 
 
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(default=10.0, gt=0, description="how often beat sweeps dead lock owners")
     stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL, when stopping a task")
     sql_echo: bool = False
+
+    # Flower, as `make run` starts it: basic auth, never open. In development an empty password
+    # means "make one and keep it under the data dir"; in production it must be set.
+    flower_address: str = Field(default="127.0.0.1", min_length=1)
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_user: str = Field(default="admin", min_length=1)
+    flower_password: SecretStr = Field(default=SecretStr(""), description="basic-auth password for Flower")
+    worker_concurrency: int = Field(default=4, ge=1, le=256, description="processes of the worker `make run` starts")
 
     # Apps: the Docker engine they run on, and how their containers are made.
     docker_host: str = Field(default="unix:///var/run/docker.sock", description="Docker engine URL")
@@ -92,6 +101,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"{address!r} is not an email address")
         return value
 
+    @field_validator("flower_password")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("is a placeholder; choose a real secret")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_in_production(self) -> Settings:
+        if self.env == "production" and not self.flower_password.get_secret_value():
+            raise ValueError(f"{ENV_PREFIX}FLOWER_PASSWORD must be set when {ENV_PREFIX}ENV=production")
+        return self
+
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> Settings:
         if self.heartbeat_seconds and self.heartbeat_seconds >= self.lock_lease_seconds:
@@ -123,8 +145,8 @@ class Settings(BaseSettings):
 def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
     field = "_".join(str(part) for part in first["loc"]) if first["loc"] else ""
-    name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
-    return f"{name}: {first['msg']}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{ENV_PREFIX}{field.upper()}: {message}" if field else message
 
 
 def load_settings(**overrides: object) -> Settings:

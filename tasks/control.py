@@ -26,7 +26,7 @@ def _parent_of(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-@control_command(args=[("task_id", str), ("pid", int)], signature="<task_id> <pid>")  # type: ignore[untyped-decorator]
+@control_command(args=[("task_id", str), ("pid", int)], signature="<task_id> <pid>")
 def boxtasks_kill(state: Any, task_id: str, pid: int, **_: Any) -> dict[str, str]:
     """SIGKILL `pid` if it is a pool process of this worker."""
     if _parent_of(pid) != os.getpid():

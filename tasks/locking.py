@@ -134,13 +134,13 @@ class LockedTask(Task):  # type: ignore[misc]
         with stop_on_sigterm():
             result = execute(runtime, task_id, self.kind, locks, lambda ctx: type(self).body(ctx, **kwargs))
         if result.outcome is Outcome.WAITING:
-            self.send_event("task-waiting", message=result.message, kind=self.kind)
+            self.send_event("task-waiting", message=result.message, kind=self.kind, result=result.message)
             raise Ignore()
         if result.outcome is Outcome.SKIPPED:
             logger.info("task %s skipped: %s", task_id, result.message)
             raise Ignore()
         if result.outcome is Outcome.CANCELLED:
-            self.send_event("task-cancelled", message=result.message, kind=self.kind)
+            self.send_event("task-cancelled", message=result.message, kind=self.kind, result=result.message)
             raise Ignore()
         if result.outcome is Outcome.FAILED:
             assert result.error is not None
@@ -149,7 +149,15 @@ class LockedTask(Task):  # type: ignore[misc]
 
     def _mirror(self, percent: int, message: str, *, kwargs: Mapping[str, Any]) -> None:
         # Flower applies any `task-*` event to its task record: custom fields show its progress.
-        self.send_event("task-progress", percent=percent, message=message, kind=self.kind, app_id=kwargs.get("app_id"))
+        # `result` is one of the fields Flower's API returns, so the progress is shown there too.
+        self.send_event(
+            "task-progress",
+            percent=percent,
+            message=message,
+            kind=self.kind,
+            app_id=kwargs.get("app_id"),
+            result=f"{percent}% {message}",
+        )
 
 
 def locked_task(

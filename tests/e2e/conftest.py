@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from lockman import LockManager
-
 from tests.e2e.harness import Env, Worker, purge_queues
 from tests.services import RABBITMQ_URL, require
 

@@ -86,7 +86,7 @@ class Env:
         app.conf.update(celery_config(get_settings()))
         if app.conf.broker_url != before:
             # Connections made for another broker must not be reused for this one.
-            kombu_pools.reset()
+            kombu_pools.reset()  # type: ignore[no-untyped-call]
             app._pool = None
             app.amqp._producer_pool = None
 
@@ -131,8 +131,12 @@ class Worker:
     def start(self, *, ready_timeout: float = 60.0) -> Worker:
         env = {**os.environ, **self.env.variables(), "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._ready, timeout=ready_timeout, interval=0.2, what=f"worker {self.nodename} ready (log {self.log})")
+            self.proc = subprocess.Popen(
+                self.args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(
+            self._ready, timeout=ready_timeout, interval=0.2, what=f"worker {self.nodename} ready (log {self.log})"
+        )
         return self
 
     def _ready(self) -> bool:

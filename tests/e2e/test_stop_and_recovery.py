@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from lockman import LockManager
+from lockman import LockManager, LockTable
 from tasks.celery import app
 from tasks.client import enqueue, stop, task_name
 from tests.e2e.harness import Worker, row, wait_for, wait_state
@@ -22,7 +22,7 @@ def _app() -> str:
     return f"a{uuid.uuid4().hex[:8]}"
 
 
-def _lock_table():  # type: ignore[no-untyped-def]
+def _lock_table() -> LockTable:
     manager = LockManager.from_settings()
     try:
         return manager.snapshot().table
