@@ -1,0 +1,124 @@
+"""The task runner without Celery: claim, wait, wake, fail, stop, and recovery of a dead run."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, update
+
+from lockman import LockManager, lock_set
+from models import Task
+from tasks import records
+from tasks.errors import TaskStopped
+from tasks.runner import Outcome, RunContext, Runtime, execute
+
+PLAN = lock_set({"platform": "S", "app:a": "X"})
+
+
+@pytest.fixture
+def runtime(engine: Engine, db_url: str, lock_row: str) -> Iterator[tuple[Runtime, list[str]]]:
+    manager = LockManager(db_url, row_id=lock_row, lease=2.0)
+    manager.ensure_row()
+    woken: list[str] = []
+    rt = Runtime(
+        manager=manager,
+        engine=engine,
+        worker="node@test",
+        pid=4242,
+        lease=dt.timedelta(seconds=2),
+        heartbeat_interval=0.3,
+        wake=woken.extend,
+    )
+    yield rt, woken
+    manager.dispose()
+
+
+def _task(engine: Engine) -> str:
+    return records.create(engine, kind="apptask", queue="apptask", args={"app_id": "a"}, app_id="a")
+
+
+def test_runs_once_and_records_the_result(runtime: tuple[Runtime, list[str]], engine: Engine) -> None:
+    rt, _ = runtime
+    task_id = _task(engine)
+
+    def body(ctx: RunContext) -> dict[str, Any]:
+        ctx.progress(50, "half way")
+        assert records.get(engine, task_id).message == "half way"  # type: ignore[union-attr]
+        return {"ok": True}
+
+    result = execute(rt, task_id, "apptask", PLAN, body)
+    assert result.outcome is Outcome.SUCCEEDED
+    row = records.get(engine, task_id)
+    assert row is not None and row.state == "succeeded" and row.result == {"ok": True} and row.percent == 100
+    # The same message again (a redelivery) does not run the body a second time.
+    again = execute(rt, task_id, "apptask", PLAN, lambda ctx: pytest.fail("ran twice"))
+    assert again.outcome is Outcome.SKIPPED
+    assert rt.manager.snapshot().table.owners() == set()
+
+
+def test_blocked_task_waits_with_reason_and_is_woken_on_release(
+    runtime: tuple[Runtime, list[str]], engine: Engine
+) -> None:
+    rt, woken = runtime
+    first, second = _task(engine), _task(engine)
+    seen: dict[str, Any] = {}
+
+    def holder(ctx: RunContext) -> None:
+        result = execute(rt, second, "apptask", PLAN, lambda c: pytest.fail("second ran while first held"))
+        seen["second"] = result
+        seen["row"] = records.get(engine, second)
+
+    assert execute(rt, first, "apptask", PLAN, holder).outcome is Outcome.SUCCEEDED
+    assert seen["second"].outcome is Outcome.WAITING
+    assert seen["row"].state == "waiting"
+    assert seen["row"].message == f"Waiting for apptask (task {first[:8]}…) to release app:a"
+    assert woken == [second]
+    # The wake-up runs it now.
+    assert execute(rt, second, "apptask", PLAN, lambda c: "done").outcome is Outcome.SUCCEEDED
+
+
+def test_failure_and_stop_end_the_task_and_free_its_locks(runtime: tuple[Runtime, list[str]], engine: Engine) -> None:
+    rt, _ = runtime
+    failing, stopped = _task(engine), _task(engine)
+
+    def fail(ctx: RunContext) -> None:
+        raise ValueError("disk full")
+
+    def stop(ctx: RunContext) -> None:
+        raise TaskStopped("SIGTERM")
+
+    assert execute(rt, failing, "apptask", PLAN, fail).outcome is Outcome.FAILED
+    row = records.get(engine, failing)
+    assert row is not None and row.state == "failed" and "disk full" in row.error
+    assert execute(rt, stopped, "apptask", PLAN, stop).outcome is Outcome.CANCELLED
+    assert records.get(engine, stopped).state == "cancelled"  # type: ignore[union-attr]
+    assert rt.manager.snapshot().table.owners() == set()
+
+
+def test_message_for_a_dead_run_interrupts_it_and_frees_its_locks(
+    runtime: tuple[Runtime, list[str]], engine: Engine
+) -> None:
+    rt, _ = runtime
+    dead = _task(engine)
+    assert records.claim(engine, dead, worker="gone@host", pid=1).claimed
+    assert rt.manager.heartbeat(dead)
+    rt.manager.try_acquire(dead, PLAN, label="apptask")
+    with engine.begin() as conn:  # its heartbeat went silent long ago
+        conn.execute(update(Task).where(Task.id == dead).values(heartbeat_at=dt.datetime(2000, 1, 1)))
+    result = execute(rt, dead, "apptask", PLAN, lambda c: pytest.fail("a dead run must not be restarted"))
+    assert result.outcome is Outcome.SKIPPED
+    row = records.get(engine, dead)
+    assert row is not None and row.state == "interrupted" and "stopped heart-beating" in row.error
+    assert dead not in rt.manager.snapshot().table.owners()
+
+
+def test_live_run_is_never_duplicated(runtime: tuple[Runtime, list[str]], engine: Engine) -> None:
+    rt, _ = runtime
+    alive = _task(engine)
+    assert records.claim(engine, alive, worker="other@host", pid=7).claimed
+    result = execute(rt, alive, "apptask", PLAN, lambda c: pytest.fail("second copy"))
+    assert result.outcome is Outcome.SKIPPED and result.message == "another copy is alive"
+    assert records.get(engine, alive).state == "running"  # type: ignore[union-attr]
