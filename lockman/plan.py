@@ -56,6 +56,9 @@ def lock_set(plan: Mapping[str, object] | Iterable[tuple[str, object]]) -> LockS
         checked = check_name(name)
         parsed = parse_mode(mode)
         if checked in seen and seen[checked] is not parsed:
-            raise LockPlanError(f"lock {checked!r} asked for twice with different modes")
+            raise LockPlanError(
+                f"lock {checked!r} asked for twice with different modes ({seen[checked].value} and {parsed.value}): "
+                "name it once, with 'X' if any step needs it exclusive"
+            )
         seen[checked] = parsed
     return tuple(sorted(seen.items()))

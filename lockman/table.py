@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lockman.errors import LockDeadlockError, LockDocumentError, LockStateError
-from lockman.plan import LockSet, Mode, check_name, conflicts, covers, parse_mode
+from lockman.plan import LockSet, Mode, check_name, conflicts, covers, lock_set, parse_mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +147,14 @@ class LockTable:
         w = self.waiter_of(owner)
         if w is None:
             return []
-        return self.blockers(owner, w.locks, nested=w.nested, before_seq=w.seq)
+        return self.blockers(owner, w.locks, nested=self._nested(w), before_seq=w.seq)
 
     def ready_waiters(self) -> list[Waiter]:
         """Waiters that would be granted if they asked now, in FIFO order (the ones to wake)."""
         table = self
         ready = []
         for w in self.waiters:
-            if not table.blockers(w.owner, w.locks, nested=w.nested, before_seq=w.seq):
+            if not table.blockers(w.owner, w.locks, nested=table._nested(w), before_seq=w.seq):
                 ready.append(w)
                 table = table._grant(w.owner, w.locks, token=0, label=w.label)
         return ready
@@ -200,7 +200,11 @@ class LockTable:
         wanted = set(names)
         gone = tuple(h for h in self.holders if h.owner == owner and h.name in wanted)
         kept = tuple(h for h in self.holders if not (h.owner == owner and h.name in wanted))
-        return replace(self, holders=kept), gone
+        waiters = self.waiters
+        if gone and not any(h.owner == owner for h in kept):
+            # An owner that now holds nothing waits in line like anyone else (see `_nested`).
+            waiters = tuple(replace(w, nested=False) if w.owner == owner else w for w in waiters)
+        return replace(self, holders=kept, waiters=waiters), gone
 
     def withdraw(self, owner: str) -> LockTable:
         """Remove the owner's waiter entry, if any."""
@@ -222,6 +226,14 @@ class LockTable:
         new = tuple(Holder(owner, n, m, token, label) for n, m in locks)
         return replace(self, holders=kept + new)
 
+    def _nested(self, w: Waiter) -> bool:
+        """A waiter is nested while its owner holds locks, exactly as `request` decides.
+
+        The stored `Waiter.nested` was true when it asked; judging by it after the owner released
+        everything would wake (and describe) a waiter that `request` then queues behind earlier ones.
+        """
+        return any(h.owner == w.owner for h in self.holders)
+
     def _without_waiter(self, owner: str) -> LockTable:
         return replace(self, waiters=self._waiters_except({owner}))
 
@@ -232,7 +244,7 @@ class LockTable:
         """A nested waiter waits for holders; refuse a wait that would lead back to `owner`."""
         waits_for: dict[str, set[str]] = {}
         for w in self.waiters:
-            if w.nested:
+            if self._nested(w):
                 waits_for[w.owner] = {h.owner for h in self.blocking_holders(w.owner, w.locks)}
         waits_for[owner] = {h.owner for h in self.blocking_holders(owner, locks)}
         stack, seen = list(waits_for[owner]), set()
@@ -286,7 +298,8 @@ class LockTable:
             waiters = tuple(
                 Waiter(
                     _text(w["owner"]),
-                    tuple((check_name(n), parse_mode(m)) for n, m in w["locks"]),
+                    # Sorted, without contradictions, and never empty, like every request.
+                    lock_set([(n, m) for n, m in w["locks"]]),
                     _int(w["seq"]),
                     _text(w.get("label", "")),
                     bool(w.get("nested", False)),
@@ -326,6 +339,11 @@ def _check_consistent(holders: tuple[Holder, ...], waiters: tuple[Waiter, ...], 
         raise LockDocumentError(row_id, "waiters are not in strictly increasing seq order")
     if len({w.owner for w in waiters}) != len(waiters):
         raise LockDocumentError(row_id, "an owner waits twice")
+    for w in waiters:
+        # `request` queues only what the owner lacks; such a waiter could never be granted.
+        held = {h.name: h.mode for h in holders if h.owner == w.owner}
+        if any(n in held and covers(held[n], m) for n, m in w.locks):
+            raise LockDocumentError(row_id, f"owner {w.owner!r} waits for a lock it already holds")
 
 
 def _fmt(locks: LockSet) -> str:
