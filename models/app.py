@@ -1,11 +1,11 @@
-"""Apps and their port bindings (the seed's `portBindings`; the REST API takes `ports`)."""
+"""Apps, their port bindings (the seed's `portBindings`; the REST API takes `ports`), and addon credentials."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
@@ -24,6 +24,8 @@ class App(Base):
     installation_state: Mapped[str] = mapped_column(String(32), nullable=False, default="pending_install")
     run_state: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    #: The operation that failed, while `installation_state` is `error`: issuing it again is a retry.
+    error_operation: Mapped[str | None] = mapped_column(String(32), nullable=True)
     container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     #: Relative CPU weight under contention (docker --cpu-shares).
     cpu_shares: Mapped[int] = mapped_column(Integer, nullable=False, default=512)
@@ -51,3 +53,35 @@ class PortBinding(Base):
     host_port: Mapped[int] = mapped_column(Integer, nullable=False)
     count: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     type: Mapped[str] = mapped_column(String(3), nullable=False, default="tcp")
+
+
+class PortReservation(Base):
+    """One row per host port an app holds: the primary key is what stops two apps getting one port.
+
+    A binding of `count` ports from `host_port` reserves each of them, in the same transaction as
+    the binding, so overlapping ranges collide in the database, not in a check-then-write.
+    """
+
+    __tablename__ = "port_reservations"
+    __table_args__ = (
+        CheckConstraint("port BETWEEN 1 AND 65535", name="port_range"),
+        CheckConstraint("type IN ('tcp', 'udp')", name="port_type"),
+    )
+
+    type: Mapped[str] = mapped_column(String(3), primary_key=True)
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    app_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_var: Mapped[str] = mapped_column(String(128), nullable=False)
+
+
+class AppAddon(Base):
+    """What an addon set up for an app (e.g. sendmail's SMTP user and password); gone on uninstall."""
+
+    __tablename__ = "app_addons"
+
+    app_id: Mapped[str] = mapped_column(String(64), ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    addon: Mapped[str] = mapped_column(String(32), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, server_default=db_utcnow())

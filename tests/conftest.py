@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from lockman import LockManager
+from tests.dockerd import Dockerd, running_dockerd
 from tests.services import BACKENDS, fresh_database
 
 
@@ -69,3 +70,10 @@ def manager(db_url: str, lock_row: str) -> Iterator[LockManager]:
     m.ensure_row()
     yield m
     m.dispose()
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """A private Docker engine with the busybox test image (skips locally, fails under CI, when missing)."""
+    with running_dockerd() as engine:
+        yield engine

@@ -1,0 +1,424 @@
+"""App operations: install, configure, start, stop, restart, repair, uninstall.
+
+Each one, called as `fn(ctx, app_id, **options)` (the registry in `hosting.operations`):
+
+1. checks its options, before anything is written (InputError: nothing changed);
+2. starts with one fenced transaction: the conditional state UPDATE and every row the request
+   needs (ports, resources, credentials) commit together or not at all (ConflictError: nothing changed);
+3. does the Docker work, reporting progress; a failure there leaves the app in `error` with the
+   reason, and the same operation may be issued again;
+4. ends with one fenced transaction: `installed`, the eventlog entry, the container id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from hosting import appstate, datadir, events, mail, ports
+from hosting.appstate import InstallState, RunState
+from hosting.box import Box, resolve
+from hosting.container import AppSpec, create_kwargs
+from hosting.context import TaskContext
+from hosting.errors import BusyError, LocationConflictError, NotFoundError
+from hosting.manifest import Manifest, parse_manifest
+from hosting.operations import operation
+from hosting.options import (
+    ConfigureOptions,
+    InstallOptions,
+    NoOptions,
+    UninstallOptions,
+    check_app_id,
+    check_env,
+    check_location,
+    parse,
+)
+from hosting.resources import Limits, check_limits
+from lockman import LockLostError
+from models import App
+
+logger = logging.getLogger(__name__)
+
+Result = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- operations
+
+
+@operation("install")
+def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """Install a new app (or retry a failed install of this app id) and start it."""
+    box = resolve(box)
+    check_app_id(app_id)
+    opts = parse(InstallOptions, "install", options)
+    manifest = parse_manifest(opts.manifest)
+    check_location(opts.location)
+    bindings = ports.check_ports(manifest, opts.ports)
+    env = check_env(opts.env, manifest)
+    limits = check_limits(
+        manifest,
+        box.docker.capacity(),
+        cpu_shares=opts.cpu_shares,
+        cpu_quota=opts.cpu_quota,
+        memory_limit=opts.memory_limit,
+    )
+
+    ctx.progress(5, "Reserving ports and recording the app")
+    with _busy_is_retryable("install"), ctx.fenced() as conn:
+        _claim_for_install(conn, app_id, opts, manifest, limits, env)
+        ports.reserve(conn, app_id, bindings)
+        mail.set_up(conn, app_id=app_id, location=opts.location, manifest=manifest, settings=box.settings)
+
+    with _failures_leave_error(ctx, app_id, "install"):
+        container_id = _build(ctx, box, app_id, start=True, percent=10)
+        with ctx.fenced() as conn:
+            _finish(
+                ctx,
+                conn,
+                app_id,
+                "install",
+                container_id=container_id,
+                run_state=RunState.RUNNING,
+                manifestId=manifest.id,
+                version=manifest.version,
+                ports=ports.as_ports(bindings),
+                **limits.as_options(),
+            )
+    ctx.progress(100, f"Installed {manifest.id} {manifest.version} as {app_id}")
+    return _summary(ctx, app_id)
+
+
+@operation("configure")
+def configure(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """Change ports, resources or env; limits alone are applied in place, the rest rebuilds the container."""
+    box = resolve(box)
+    check_app_id(app_id)
+    opts = parse(ConfigureOptions, "configure", options)
+    with ctx.fenced() as conn:
+        app = _load(conn, app_id)
+    manifest = parse_manifest(app.manifest)
+    bindings = ports.check_ports(manifest, opts.ports) if opts.ports is not None else None
+    env = check_env(opts.env, manifest) if opts.env is not None else None
+    current = Limits(app.cpu_shares, app.cpu_quota, app.memory_limit)
+    limits = check_limits(
+        manifest,
+        box.docker.capacity(),
+        cpu_shares=opts.cpu_shares,
+        cpu_quota=opts.cpu_quota,
+        memory_limit=opts.memory_limit,
+        current=current,
+    )
+
+    ctx.progress(5, "Recording the new configuration")
+    with _busy_is_retryable("configure"), ctx.fenced() as conn:
+        appstate.begin(conn, app_id, "configure")
+        values: dict[str, Any] = {
+            "cpu_shares": limits.cpu_shares,
+            "cpu_quota": limits.cpu_quota,
+            "memory_limit": limits.memory_limit,
+        }
+        if env is not None:
+            values["env"] = env
+        conn.execute(update(App).where(App.id == app_id).values(**values))
+        if bindings is not None:
+            ports.reserve(conn, app_id, bindings)
+
+    with _failures_leave_error(ctx, app_id, "configure"):
+        running = app.run_state == RunState.RUNNING
+        container_id = app.container_id
+        live = bool(container_id) and box.docker.inspect(str(container_id)) is not None
+        if opts.only_limits and live:
+            ctx.progress(50, "Applying the new CPU and memory limits")
+            box.docker.update_limits(str(container_id), limits.docker_kwargs())
+        else:
+            container_id = _build(ctx, box, app_id, start=running, percent=20)
+        with ctx.fenced() as conn:
+            _finish(ctx, conn, app_id, "configure", container_id=container_id, changed=sorted(opts.model_fields_set))
+    ctx.progress(100, "Configured")
+    return _summary(ctx, app_id)
+
+
+@operation("start")
+def start(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """Start the app's container (rebuilding it first when it is gone)."""
+    return _run_container(ctx, app_id, "start", resolve(box), options)
+
+
+@operation("stop")
+def stop(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """Stop the app's container; it stays stopped across reboots until started."""
+    return _run_container(ctx, app_id, "stop", resolve(box), options)
+
+
+@operation("restart")
+def restart(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    return _run_container(ctx, app_id, "restart", resolve(box), options)
+
+
+@operation("repair")
+def repair(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """Rebuild the container from the app's record, whatever state the app is in."""
+    box = resolve(box)
+    check_app_id(app_id)
+    parse(NoOptions, "repair", options)
+    with ctx.fenced() as conn:
+        appstate.begin(conn, app_id, "repair")
+        app = _load(conn, app_id)
+    with _failures_leave_error(ctx, app_id, "repair"):
+        with ctx.fenced() as conn:
+            mail.set_up(
+                conn, app_id=app_id, location=app.location, manifest=parse_manifest(app.manifest), settings=box.settings
+            )
+        container_id = _build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=10)
+        with ctx.fenced() as conn:
+            _finish(ctx, conn, app_id, "repair", container_id=container_id)
+    ctx.progress(100, "Repaired")
+    return _summary(ctx, app_id)
+
+
+@operation("uninstall")
+def uninstall(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """Remove the container, the data, the addon credentials, the ports and the app's record.
+
+    With `archive=True` the app is backed up first and an archive kept (`hosting.archives`), from
+    which it can be restored later; if that backup fails, nothing is removed.
+    """
+    box = resolve(box)
+    check_app_id(app_id)
+    opts = parse(UninstallOptions, "uninstall", options)
+    with ctx.fenced() as conn:
+        appstate.begin(conn, app_id, "uninstall")
+    archived: dict[str, Any] = {}
+    with _failures_leave_error(ctx, app_id, "uninstall"):
+        if opts.archive:
+            from hosting import archives
+
+            ctx.progress(5, "Backing up the app for its archive")
+            archived = archives.archive_app(ctx, box, app_id, icon=opts.icon, app_store_icon=opts.app_store_icon)
+        ctx.progress(20, "Removing the container")
+        box.docker.remove_app_containers(app_id, stop_timeout=box.settings.app_stop_timeout_seconds)
+        ctx.progress(60, "Deleting the app's data")
+        datadir.remove(box.app_dir(app_id))
+        ctx.progress(90, "Releasing ports and credentials")
+        with ctx.fenced() as conn:
+            mail.tear_down(conn, app_id)
+            ports.release(conn, app_id)
+            conn.execute(delete(App).where(App.id == app_id))
+            events.record(conn, events.app_action("uninstall"), source=_source(ctx, app_id), data={"ok": True})
+    ctx.progress(100, "Uninstalled")
+    return {"appId": app_id, "uninstalled": True, **archived}
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def _run_container(ctx: TaskContext, app_id: str, op: str, box: Box, options: Mapping[str, Any]) -> Result:
+    check_app_id(app_id)
+    parse(NoOptions, op, options)
+    with ctx.fenced() as conn:
+        appstate.begin(conn, app_id, op)
+        app = _load(conn, app_id)
+    timeout = box.settings.app_stop_timeout_seconds
+    with _failures_leave_error(ctx, app_id, op):
+        container_id = app.container_id
+        live = bool(container_id) and box.docker.inspect(str(container_id)) is not None
+        if op == "stop":
+            ctx.progress(30, "Stopping the container")
+            if live:
+                box.docker.stop(str(container_id), timeout=timeout)
+            else:
+                logger.info("app %s has no container: nothing to stop", app_id)
+            run_state = RunState.STOPPED
+        else:
+            if not live:
+                ctx.progress(10, "The container is gone: rebuilding it")
+                container_id = _build(ctx, box, app_id, start=False, percent=20)
+            ctx.progress(70, f"{'Restarting' if op == 'restart' else 'Starting'} the container")
+            if op == "restart" and live:
+                box.docker.restart(str(container_id), timeout=timeout)
+            else:
+                box.docker.start(str(container_id))
+            run_state = RunState.RUNNING
+        with ctx.fenced() as conn:
+            _finish(ctx, conn, app_id, op, container_id=container_id, run_state=run_state)
+    ctx.progress(100, {"start": "Started", "stop": "Stopped", "restart": "Restarted"}[op])
+    return _summary(ctx, app_id)
+
+
+def _build(ctx: TaskContext, box: Box, app_id: str, *, start: bool, percent: int) -> str:
+    """Data dir, image, a fresh container from the app's record; started when asked. Returns its id."""
+    with ctx.fenced() as conn:
+        spec = _app_spec(conn, box, app_id)
+    ctx.progress(percent, "Preparing the app's data directory")
+    datadir.make(spec.data_dir.parent)
+    ctx.progress(percent + 10, f"Fetching image {spec.manifest.image}")
+    box.docker.ensure_image(spec.manifest.image)
+    ctx.progress(percent + 40, "Creating the container")
+    box.docker.remove_app_containers(app_id, stop_timeout=box.settings.app_stop_timeout_seconds)
+    container = box.docker.create(create_kwargs(spec, network=box.settings.app_network, task_id=ctx.task_id))
+    if start:
+        ctx.progress(percent + 60, "Starting the container")
+        box.docker.start(container.id)
+    return str(container.id)
+
+
+def _app_spec(conn: Connection, box: Box, app_id: str) -> AppSpec:
+    app = _load(conn, app_id)
+    manifest = parse_manifest(app.manifest)
+    addon_configs = mail.stored(conn, app_id)
+    return AppSpec(
+        app_id=app_id,
+        location=app.location,
+        manifest=manifest,
+        bindings=ports.bindings_of(conn, app_id, manifest),
+        limits=Limits(app.cpu_shares, app.cpu_quota, app.memory_limit),
+        env=dict(app.env or {}),
+        addon_env=mail.env_for(addon_configs),
+        data_dir=box.app_dir(app_id) / "data",
+    )
+
+
+def _claim_for_install(
+    conn: Connection, app_id: str, opts: InstallOptions, manifest: Manifest, limits: Limits, env: dict[str, str]
+) -> None:
+    """Insert the app as pending_install, or take over its row when this is a retry of a failed install."""
+    values: dict[str, Any] = {
+        "app_store_id": opts.app_store_id or manifest.id,
+        "manifest": dict(opts.manifest),
+        "version": manifest.version,
+        "location": opts.location,
+        "installation_state": InstallState.PENDING_INSTALL.value,
+        "run_state": RunState.RUNNING.value,
+        "cpu_shares": limits.cpu_shares,
+        "cpu_quota": limits.cpu_quota,
+        "memory_limit": limits.memory_limit,
+        "env": env,
+    }
+    # A plain read first: an UPDATE of a missing row would take an InnoDB gap lock, and two
+    # installs doing that and then inserting into the same gap deadlock.
+    exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
+    try:
+        with conn.begin_nested():
+            if not exists:
+                conn.execute(insert(App).values(id=app_id, **values))
+                return
+            result = conn.execute(update(App).where(App.id == app_id, appstate.may_start("install")).values(**values))
+            if result.rowcount != 1:
+                raise appstate.refusal(conn, app_id, "install")
+    except IntegrityError as err:
+        holder = conn.execute(
+            select(App.id).where(App.location == opts.location, App.id != app_id).with_for_update(read=True)
+        ).scalar()
+        if holder is not None:
+            raise LocationConflictError(
+                f"location {opts.location!r} is already used by app {holder}; choose another location"
+            ) from err
+        raise appstate.refusal(conn, app_id, "install") from err
+
+
+def _finish(
+    ctx: TaskContext,
+    conn: Connection,
+    app_id: str,
+    op: str,
+    *,
+    container_id: str | None,
+    run_state: RunState | None = None,
+    **data: Any,
+) -> None:
+    conn.execute(update(App).where(App.id == app_id).values(container_id=container_id))
+    appstate.succeed(conn, app_id, op, run_state=run_state)
+    events.record(conn, events.app_action(op), source=_source(ctx, app_id), data={"ok": True, **data})
+
+
+#: Deadlock and lock-wait errors: MySQL/MariaDB error codes, PostgreSQL SQLSTATEs, SQLite's busy lock.
+#: (1305, "SAVEPOINT does not exist", is how a deadlock inside a savepoint surfaces: InnoDB rolled back.)
+_BUSY_MYSQL = {1205, 1213, 1305}
+_BUSY_SQLSTATE = {"40001", "40P01", "55P03"}
+
+
+@contextmanager
+def _busy_is_retryable(op: str) -> Iterator[None]:
+    """A write that lost a race in the database (nothing was committed) becomes a BusyError to retry."""
+    try:
+        yield
+    except OperationalError as err:
+        orig = err.orig
+        code = orig.args[0] if orig is not None and orig.args else None
+        busy = (
+            code in _BUSY_MYSQL
+            or getattr(orig, "sqlstate", None) in _BUSY_SQLSTATE
+            or "database is locked" in str(orig)
+        )
+        if not busy:
+            raise
+        raise BusyError(
+            f"cannot {op} now: the database was busy with a change at the same moment; issue {op} again"
+        ) from err
+
+
+@contextmanager
+def _failures_leave_error(ctx: TaskContext, app_id: str, op: str) -> Iterator[None]:
+    """Any failure after the operation began leaves the app in `error`, with the reason, and re-raises."""
+    try:
+        yield
+    except LockLostError:
+        raise  # we hold nothing any more: we may write nothing
+    except Exception as err:
+        message = str(err) or err.__class__.__name__
+        logger.warning("app %s: %s failed: %s", app_id, op, message)
+        try:
+            with ctx.fenced() as conn:
+                appstate.fail(conn, app_id, op, message=message, task_id=ctx.task_id, kind=err.__class__.__name__)
+                events.record(
+                    conn,
+                    events.app_action(op),
+                    source=_source(ctx, app_id),
+                    data={"ok": False, "error": message, "errorKind": err.__class__.__name__},
+                )
+        except Exception:
+            logger.exception("app %s: could not record that %s failed", app_id, op)
+        raise
+
+
+def _load(conn: Connection, app_id: str) -> Any:
+    row = conn.execute(select(App.__table__).where(App.id == app_id)).first()
+    if row is None:
+        raise NotFoundError(f"no app {app_id!r}: install it first, or check the id")
+    return row
+
+
+def _source(ctx: TaskContext, app_id: str) -> dict[str, Any]:
+    return {"taskId": ctx.task_id, "appId": app_id}
+
+
+def _summary(ctx: TaskContext, app_id: str) -> Result:
+    with ctx.fenced() as conn:
+        app = _load(conn, app_id)
+        manifest = parse_manifest(app.manifest)
+        bound = ports.bindings_of(conn, app_id, manifest)
+    return {
+        "appId": app_id,
+        "installationState": app.installation_state,
+        "runState": app.run_state,
+        "containerId": app.container_id,
+        "ports": ports.as_ports(bound),
+        **Limits(app.cpu_shares, app.cpu_quota, app.memory_limit).as_options(),
+    }
+
+
+#: Operations by name, for callers that do not go through the registry.
+OPERATIONS: Mapping[str, Callable[..., Result]] = {
+    "install": install,
+    "configure": configure,
+    "start": start,
+    "stop": stop,
+    "restart": restart,
+    "repair": repair,
+    "uninstall": uninstall,
+}
