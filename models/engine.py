@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
@@ -19,6 +20,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def driver_connect_args(url: str | URL) -> dict[str, Any]:
+    """Connect arguments every engine of ours passes to its driver.
+
+    PyMySQL builds a TLS context for each new connection unless told not to, even when the
+    server has TLS off: 50 ms a connection here instead of 0.4 ms, paid by every new pool
+    process. A URL that asks for TLS (`?ssl_ca=...`, `?ssl=...`) keeps it.
+    """
+    parsed = make_url(url)
+    if parsed.drivername == "mysql+pymysql" or parsed.drivername == "mariadb+pymysql":
+        if not any(key.startswith("ssl") for key in parsed.query):
+            return {"ssl_disabled": True}
+    return {}
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
@@ -35,6 +50,7 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
     return create_engine(
         url,
         echo=echo,
+        connect_args=driver_connect_args(url),
         pool_pre_ping=True,
         pool_recycle=300,
         pool_size=pool_size,

@@ -8,12 +8,16 @@ from celery import Celery
 
 from config import get_settings
 from config.celery import celery_config
+from tasks.poolwatch import PoolWatch
 
 
 def _config() -> dict[str, Any]:
     return celery_config(get_settings())
 
 
-app = Celery("boxtasks", include=["tasks.kinds", "tasks.signals", "tasks.control"], set_as_current=False)
+app = Celery(
+    "boxtasks", include=["tasks.kinds", "tasks.signals", "tasks.control", "tasks.schedules"], set_as_current=False
+)
 # add_defaults takes a callable: the settings are read when the config is first needed, not at import.
 app.add_defaults(_config)
+app.steps["worker"].add(PoolWatch)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, insert, select, update
+from sqlalchemy import Engine, Row, Table, func, insert, select, update
 
 from models import FINAL_STATES, Task, TaskState, db_utcnow
 
@@ -60,23 +60,30 @@ def get(engine: Engine, task_id: str) -> Row[Any] | None:
         return conn.execute(select(_tasks, db_utcnow().label("db_now")).where(_tasks.c.id == task_id)).first()
 
 
-def claim(engine: Engine, task_id: str, *, worker: str, pid: int) -> Claim:
-    """Mark the task running in this process, only if it is queued or waiting (one winner)."""
+def claim(engine: Engine, task_id: str, *, worker: str, pid: int, plan: dict[str, str] | None = None) -> Claim:
+    """Mark the task running in this process, only if it is queued or waiting (one winner).
+
+    One UPDATE (one commit) when it wins; the row is read only when it loses, to say why.
+    """
+    values: dict[str, Any] = {
+        "state": TaskState.RUNNING.value,
+        "worker": worker,
+        "pid": pid,
+        "heartbeat_at": db_utcnow(),
+        "started_at": func.coalesce(_tasks.c.started_at, db_utcnow()),
+        "message": "Starting",
+    }
+    if plan is not None:
+        values["locks"] = {"plan": plan}
     with engine.begin() as conn:
         result = conn.execute(
             update(_tasks)
             .where(_tasks.c.id == task_id, _tasks.c.state.in_(_CLAIMABLE), _tasks.c.stop_requested_at.is_(None))
-            .values(state=TaskState.RUNNING.value, worker=worker, pid=pid, heartbeat_at=db_utcnow(), message="Starting")
+            .values(**values)
         )
-        row = conn.execute(select(_tasks, db_utcnow().label("db_now")).where(_tasks.c.id == task_id)).first()
-    if result.rowcount == 1 and row is not None:
-        with engine.begin() as conn:
-            conn.execute(
-                update(_tasks)
-                .where(_tasks.c.id == task_id, _tasks.c.started_at.is_(None))
-                .values(started_at=db_utcnow())
-            )
-    return Claim(result.rowcount == 1, row)
+    if result.rowcount == 1:
+        return Claim(True, None)
+    return Claim(False, get(engine, task_id))
 
 
 def to_waiting(engine: Engine, task_id: str, *, pid: int, message: str, waits: dict[str, str]) -> bool:
@@ -120,13 +127,18 @@ def finish(
     message: str,
     result: Any = None,
     error: str | None = None,
+    locks: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a task to a final state; a task already final is left as it is."""
+    """Move a task to a final state; a task already final is left as it is.
+
+    `locks` is what the task held and how its acquire went (kept for /metrics); by default the
+    record of its locks is cleared.
+    """
     values: dict[str, Any] = {
         "state": state.value,
         "message": message[:512],
         "finished_at": db_utcnow(),
-        "locks": {},
+        "locks": locks or {},
     }
     if state is TaskState.SUCCEEDED:
         values["percent"] = 100

@@ -14,6 +14,7 @@ import datetime as dt
 import enum
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -148,18 +149,18 @@ class _Heartbeat(threading.Thread):
 
 def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[[RunContext], Any]) -> RunResult:
     """Run `body` under `plan` for the task row `task_id`, or leave it waiting, or skip a duplicate."""
-    claim = records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid)
+    claim = records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid, plan=lockset_to_dict(plan))
     if not claim.claimed:
         return _not_claimed(rt, task_id, claim.row)
     try:
-        granted = _acquire_or_wait(rt, task_id, kind, plan)
+        acquired = _acquire_or_wait(rt, task_id, kind, plan)
     except TaskStopped:
         _finish_stopped(rt, task_id)
         return RunResult(Outcome.CANCELLED, message="Stopped")
-    if not isinstance(granted, Granted):
-        return granted
-    ctx = RunContext(rt, task_id, kind, lockset_to_dict(plan), granted.token)
-    records.set_locks(rt.engine, task_id, {"holds": dict(ctx.holdings), "token": granted.token})
+    if not isinstance(acquired, _Acquired):
+        return acquired
+    token = acquired.granted.token
+    ctx = RunContext(rt, task_id, kind, lockset_to_dict(plan), token)
     beat = _Heartbeat(rt.manager, task_id, rt.heartbeat_interval)
     beat.start()
     try:
@@ -174,15 +175,35 @@ def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[
         result = RunResult(Outcome.SUCCEEDED, value=value, message="Done")
     finally:
         beat.stop()
-    _finish(rt, task_id, result)
+    # Written once, with the final state (one commit fewer per task than a write at grant time):
+    # the live view of what a task holds is the lock row itself.
+    figures = {
+        "plan": lockset_to_dict(plan),
+        "token": token,
+        "acquire_ms": acquired.acquire_ms,
+        "cas_retries": acquired.cas_retries,
+    }
+    _finish(rt, task_id, result, locks=figures)
     return result
 
 
-def _acquire_or_wait(rt: Runtime, task_id: str, kind: str, plan: LockSet) -> Granted | RunResult:
+@dataclass(frozen=True, slots=True)
+class _Acquired:
+    granted: Granted
+    #: How long the granting compare-and-swap took, and how many of its writes lost a race:
+    #: kept in the task row, where /metrics reads them for every worker alike.
+    acquire_ms: float
+    cas_retries: int
+
+
+def _acquire_or_wait(rt: Runtime, task_id: str, kind: str, plan: LockSet) -> _Acquired | RunResult:
     while True:
+        conflicts = rt.manager.stats.cas_conflicts
+        started = time.monotonic()
         decision = rt.manager.try_acquire(task_id, plan, label=kind)
         if isinstance(decision, Granted):
-            return decision
+            took = (time.monotonic() - started) * 1000
+            return _Acquired(decision, round(took, 3), rt.manager.stats.cas_conflicts - conflicts)
         message = decision.describe()
         if not records.to_waiting(rt.engine, task_id, pid=rt.pid, message=message, waits=lockset_to_dict(plan)):
             # The row moved under us (a stop): leave the queue, tell whoever is ready.
@@ -193,11 +214,11 @@ def _acquire_or_wait(rt: Runtime, task_id: str, kind: str, plan: LockSet) -> Gra
         if rt.manager.snapshot().table.blockers_of(task_id):
             logger.info("task %s waits: %s", task_id, message)
             return RunResult(Outcome.WAITING, message=message)
-        if not records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid).claimed:
+        if not records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid, plan=lockset_to_dict(plan)).claimed:
             return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
 
 
-def _finish(rt: Runtime, task_id: str, result: RunResult) -> None:
+def _finish(rt: Runtime, task_id: str, result: RunResult, *, locks: dict[str, Any] | None = None) -> None:
     state = {
         Outcome.SUCCEEDED: TaskState.SUCCEEDED,
         Outcome.FAILED: TaskState.FAILED,
@@ -208,7 +229,9 @@ def _finish(rt: Runtime, task_id: str, result: RunResult) -> None:
         error = "".join(traceback.format_exception(result.error)).strip()
     # The row goes final first: should this process die before the release below, its locks
     # belong to a finished task and are dead at once, never held by a ghost.
-    records.finish(rt.engine, task_id, state, message=result.message, result=_jsonable(result.value), error=error)
+    records.finish(
+        rt.engine, task_id, state, message=result.message, result=_jsonable(result.value), error=error, locks=locks
+    )
     _wake_ready(rt, rt.manager.release(task_id))
 
 
