@@ -1,33 +1,13 @@
-"""`boxtasks locks`: who holds what, who waits, and why."""
+"""`boxtasks locks`: who holds what, who waits, and why (the report is `api.queries.locks_report`)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from api.queries import locks_report
 from cli.output import print_json, print_table
-from lockman import LockManager, LockTable
-
-
-def locks_report(table: LockTable, version: int) -> dict[str, Any]:
-    return {
-        "version": version,
-        "holders": [
-            {"owner": h.owner, "label": h.label, "name": h.name, "mode": h.mode.value, "token": h.token}
-            for h in table.holders
-        ],
-        "waiters": [
-            {
-                "owner": w.owner,
-                "label": w.label,
-                "seq": w.seq,
-                "locks": {n: m.value for n, m in w.locks},
-                "nested": w.nested,
-                "blocked_by": [b.describe() for b in table.blockers_of(w.owner)],
-            }
-            for w in table.waiters
-        ],
-    }
+from lockman import LockManager
+from models import get_engine
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
         snap = manager.snapshot()
     finally:
         manager.dispose()
-    report = locks_report(snap.table, snap.version)
+    report = locks_report(snap.table, snap.version, get_engine())
     if args.json:
         print_json(report)
         return 0

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import locks_cmd, run_cmd
+from api.errors import FrontError
+from cli import api_cmd, app_cmd, locks_cmd, platform_cmd, run_cmd, task_cmd, token_cmd
 from cli.errors import CliError
 from config import ConfigError, get_settings
 from lockman import LockError
@@ -33,10 +34,18 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: `--json` is taken before or after the command; a subcommand that did not see it
+    # must not reset what the top level saw.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
     parser = argparse.ArgumentParser(prog="boxtasks", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    app_cmd.add_parser(sub, common)
+    platform_cmd.add_parsers(sub, common)
+    task_cmd.add_parser(sub, common)
+    token_cmd.add_parser(sub, common)
+    api_cmd.add_parser(sub, common)
 
     db = sub.add_parser("db", help="database schema", parents=[common])
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -46,18 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     locks = sub.add_parser("locks", help="lock holders and waiters, and why they wait", parents=[common])
     locks.set_defaults(handler=locks_cmd.run)
 
-    run = sub.add_parser("run", help="migrate, then run worker, beat and Flower until Ctrl-C", parents=[common])
+    run = sub.add_parser(
+        "run", help="migrate, then run worker, beat, Flower and the API until Ctrl-C", parents=[common]
+    )
     run.set_defaults(handler=run_cmd.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # kombu warns "No hostname was supplied" for every filesystem:// connection (the embedded default).
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (CliError, ConfigError, LockError, ModelError) as err:
+    except (CliError, ConfigError, FrontError, LockError, ModelError) as err:
         sys.stderr.write(f"boxtasks: {err}\n")
         return 1
     except SQLAlchemyError as err:

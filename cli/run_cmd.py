@@ -1,4 +1,4 @@
-"""`boxtasks run` (`make run`): migrate, then start worker, beat and Flower; Ctrl-C stops them all.
+"""`boxtasks run` (`make run`): migrate, then start worker, beat, Flower and the API; Ctrl-C stops them all.
 
 With nothing configured it runs on the embedded default (SQLite + filesystem broker under the
 data dir); with BOXTASKS_DATABASE_URL / BOXTASKS_BROKER_URL set, against those.
@@ -17,8 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from api import tokens
+from cli import api_cmd
+from cli.errors import CliError
 from config import Settings, get_settings
 from config.celery import QUEUES
+from models import get_engine
 from models.migrate import upgrade
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,31 @@ def flower_password(settings: Settings) -> tuple[str, Path | None]:
     return path.read_text().strip(), path
 
 
+def admin_token(settings: Settings) -> Path | None:
+    """Development: an admin API token made once and kept in a 0600 file under the data dir.
+
+    Production: none is made; one must exist already (`boxtasks token create --scope admin`).
+    """
+    engine = get_engine()
+    if settings.env == "production":
+        if not tokens.has_admin(engine):
+            raise CliError(
+                "no admin API token: make one with `boxtasks token create --name admin --scope admin` "
+                "(BOXTASKS_ENV=production makes none by itself)"
+            )
+        return None
+    path = settings.resolved_data_dir / "api-admin-token"
+    if path.exists() and tokens.exists(engine, path.read_text().strip()):
+        return path
+    _, token = tokens.create(engine, name="make run (development admin)", scopes=["admin"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return path
+
+
 def services(settings: Settings, password: str) -> list[Service]:
     celery = [sys.executable, "-m", "celery", "-A", "tasks"]
     return [
@@ -62,6 +91,7 @@ def services(settings: Settings, password: str) -> list[Service]:
                 f"--basic-auth={settings.flower_user}:{password}",
             ],
         ),
+        Service("api", [sys.executable, *api_cmd.argv(settings.api_address, settings.api_port)]),
     ]
 
 
@@ -69,14 +99,18 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     upgrade(settings.effective_database_url)
     password, password_file = flower_password(settings)
+    token_file = admin_token(settings)
     started = services(settings, password)
     for service in started:
         service.proc = subprocess.Popen(service.argv, start_new_session=True)
+    token_where = f"admin token in {token_file}" if token_file else "tokens from `boxtasks token create`"
     where = f"password in {password_file}" if password_file else "password from BOXTASKS_FLOWER_PASSWORD"
     sys.stdout.write(
         f"boxtasks is running on {settings.effective_database_url.split('@')[-1]} "
         f"with broker {settings.effective_broker_url.split('@')[-1]}\n"
         f"  Flower:  http://{settings.flower_address}:{settings.flower_port}/  (user {settings.flower_user}, {where})\n"
+        f"  API:     http://{settings.api_address}:{settings.api_port}/api/v1/  ({token_where}; "
+        f"docs at /api/v1/docs, metrics at /metrics)\n"
         "  Stop:    Ctrl-C\n"
     )
     sys.stdout.flush()

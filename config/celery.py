@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
+
 from config.settings import Settings
 
 #: One queue per kind of work, so a long full backup never stands in front of an app install.
@@ -17,6 +19,8 @@ TASK_QUEUES = {
     "boxtasks.update": "update",
     "boxtasks.platformstart": "platform",
     "boxtasks.sweep": "maintenance",
+    "boxtasks.check_alerts": "maintenance",
+    "boxtasks.nightly_fullbackup": "maintenance",
 }
 
 
@@ -34,6 +38,25 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # Fanout exchanges live here: broadcast control (revoke, terminate, inspect) works.
         "control_folder": str(root / "control"),
     }
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """What celery beat sends: the lock sweep, the alert checks and (unless off) the nightly full backup.
+
+    The nightly task only enqueues a `fullbackup` like the API does (tasks/schedules.py). Backup
+    retention has no entry of its own: each full backup applies it when it ends (hosting).
+    """
+    schedule: dict[str, Any] = {
+        "lock-sweep": {"task": "boxtasks.sweep", "schedule": settings.sweep_seconds},
+        "alert-checks": {"task": "boxtasks.check_alerts", "schedule": settings.alert_check_seconds},
+    }
+    if settings.backup_time is not None:
+        hour, minute = settings.backup_time
+        schedule["nightly-full-backup"] = {
+            "task": "boxtasks.nightly_fullbackup",
+            "schedule": crontab(hour=hour, minute=minute),
+        }
+    return schedule
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -68,8 +91,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "timezone": "UTC",
         "enable_utc": True,
-        "beat_schedule": {
-            "lock-sweep": {"task": "boxtasks.sweep", "schedule": settings.sweep_seconds},
-        },
+        "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.resolved_data_dir / "celerybeat-schedule"),
     }

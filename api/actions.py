@@ -1,0 +1,296 @@
+"""What the front doors do to start work: check the request, record the task, send its message.
+
+HTTP-free, so the REST API and the CLI refuse the same bad input with the same words before any
+task exists. The checks here are the ones that can be made without Docker (manifest, location,
+ports, env, the lower bounds of resources, the app's state); the task checks again when it runs,
+since the box may change in between. Nothing here talks to Docker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from api.errors import BadRequestError, BrokerDownError, MissingError, NotAvailableError, StateError
+from models import FINAL_STATES, App, PortReservation, Task
+
+logger = logging.getLogger(__name__)
+
+#: Every app operation the front doors offer; `hosting.operations.known()` says which run here today.
+APP_OPERATIONS = (
+    "install",
+    "configure",
+    "update",
+    "backup",
+    "restore",
+    "clone",
+    "uninstall",
+    "start",
+    "stop",
+    "restart",
+    "repair",
+)
+#: Platform task kinds and the hosting modules each one needs (as `tasks.kinds` and they import them).
+PLATFORM_KINDS: Mapping[str, tuple[str, ...]] = {
+    "fullbackup": ("hosting.backups", "hosting.boxbackup", "hosting.retention"),
+    "update": ("hosting.platform_update",),
+    "platformstart": ("hosting.platform_start",),
+}
+_ACTIVE = ("queued", "waiting", "running")
+#: Upper bounds the front door cannot know (they are the Docker host's): checked by the task.
+_NO_HOST_LIMIT = (1 << 20, 1 << 62)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A task that was recorded and sent."""
+
+    task_id: str
+    app_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "app_id": self.app_id, "url": f"/api/v1/tasks/{self.task_id}"}
+
+
+# ---------------------------------------------------------------------------- what this server can run
+
+
+def app_operations() -> list[str]:
+    """The app operations hosting provides in this process (a dynamic list: read it each time)."""
+    from hosting import operations
+
+    return [op for op in operations.known() if op in APP_OPERATIONS] + [
+        op for op in operations.known() if op not in APP_OPERATIONS
+    ]
+
+
+def platform_kinds() -> list[str]:
+    return [kind for kind, modules in PLATFORM_KINDS.items() if all(_importable(m) for m in modules)]
+
+
+def require_operation(operation: str) -> None:
+    known = app_operations()
+    if operation not in known:
+        raise NotAvailableError(
+            f"app operation {operation!r} is not available on this server yet "
+            f"(available: {', '.join(known) or 'none'}); nothing was started"
+        )
+
+
+def require_platform(kind: str) -> None:
+    if kind not in platform_kinds():
+        missing = ", ".join(m for m in PLATFORM_KINDS[kind] if not _importable(m))
+        raise NotAvailableError(
+            f"platform task {kind!r} is not available on this server yet ({missing} not installed); nothing was started"
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+# ---------------------------------------------------------------------------- app operations
+
+
+def install(engine: Engine, options: Mapping[str, Any], *, app_id: str | None = None) -> Started:
+    """Check an install request (the seed's names: manifest, location, ports, cpuShares, ...) and start it."""
+    from hosting import InputError, ports
+    from hosting.manifest import parse_manifest
+    from hosting.options import InstallOptions, check_app_id, check_env, check_location, parse
+
+    require_operation("install")
+    app_id = app_id or str(uuid.uuid4())
+    try:
+        check_app_id(app_id)
+        opts = parse(InstallOptions, "install", options)
+        manifest = parse_manifest(opts.manifest)
+        check_location(opts.location)
+        bindings = ports.check_ports(manifest, opts.ports)
+        check_env(opts.env, manifest)
+        _check_limits(manifest, opts.cpu_shares, opts.cpu_quota, opts.memory_limit)
+    except InputError as err:
+        raise BadRequestError(str(err)) from err
+    with engine.connect() as conn:
+        existing = conn.execute(select(App.id).where(App.id == app_id)).first()
+        if existing is not None:
+            _check_state(conn, app_id, "install")
+        taken = conn.execute(select(App.id).where(App.location == opts.location, App.id != app_id)).first()
+        if taken is not None:
+            raise StateError(f"location {opts.location!r} is taken by app {taken.id}; choose another location")
+        _check_ports_free(conn, app_id, [(b.type, p, b.env_var) for b in bindings for p in b.host_ports])
+    return _enqueue_app(engine, app_id, "install", opts.model_dump(by_alias=True, exclude_unset=True))
+
+
+def configure(engine: Engine, app_id: str, options: Mapping[str, Any]) -> Started:
+    from hosting import InputError, ports
+    from hosting.manifest import parse_manifest
+    from hosting.options import ConfigureOptions, check_env, parse
+
+    require_operation("configure")
+    try:
+        opts = parse(ConfigureOptions, "configure", options)
+    except InputError as err:
+        raise BadRequestError(str(err)) from err
+    with engine.connect() as conn:
+        row = _precheck(conn, app_id, "configure")
+        if row is not None:
+            try:
+                manifest = parse_manifest(row.manifest)
+                if opts.ports is not None:
+                    bindings = ports.check_ports(manifest, opts.ports)
+                    _check_ports_free(conn, app_id, [(b.type, p, b.env_var) for b in bindings for p in b.host_ports])
+                if opts.env is not None:
+                    check_env(opts.env, manifest)
+                _check_limits(manifest, opts.cpu_shares, opts.cpu_quota, opts.memory_limit)
+            except InputError as err:
+                raise BadRequestError(str(err)) from err
+    return _enqueue_app(engine, app_id, "configure", opts.model_dump(by_alias=True, exclude_unset=True))
+
+
+def app_operation(
+    engine: Engine,
+    app_id: str,
+    operation: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    precheck: bool = True,
+) -> Started:
+    """Any other app operation (start, stop, restart, repair, uninstall, update, backup, restore, clone).
+
+    `precheck=False` skips the app's state check (restoring an archive: the app is gone by design).
+    """
+    if operation not in APP_OPERATIONS or operation in {"install", "configure"}:
+        raise BadRequestError(f"unknown app operation {operation!r}; use one of {', '.join(APP_OPERATIONS)}")
+    require_operation(operation)
+    if precheck:
+        with engine.connect() as conn:
+            _precheck(conn, app_id, operation)
+    return _enqueue_app(engine, app_id, operation, dict(options or {}))
+
+
+def _enqueue_app(engine: Engine, app_id: str, operation: str, options: dict[str, Any]) -> Started:
+    args = {"app_id": app_id, "operation": operation, "options": options}
+    return Started(_enqueue(engine, "apptask", args, app_id=app_id), app_id)
+
+
+def _precheck(conn: Connection, app_id: str, operation: str) -> Any:
+    """Refuse what is certainly wrong now: no such app, or a state the operation cannot start from.
+
+    While other tasks of the app are queued or running, the state is theirs to change, so the
+    check is left to the task itself (it waits for the app's lock, then decides).
+    """
+    from hosting.options import check_app_id
+
+    try:
+        check_app_id(app_id)
+    except ValueError as err:
+        raise BadRequestError(str(err)) from err
+    row = conn.execute(select(App.__table__).where(App.id == app_id)).first()
+    busy = conn.execute(
+        select(Task.id).where(Task.app_id == app_id, Task.state.in_(_ACTIVE), Task.type == "apptask").limit(1)
+    ).first()
+    if busy is not None:
+        return row
+    if row is None:
+        raise MissingError(f"no app {app_id!r}: install it first, or check the id (`boxtasks app list`)")
+    _check_state(conn, app_id, operation)
+    return row
+
+
+def _check_state(conn: Connection, app_id: str, operation: str) -> None:
+    from hosting import appstate
+    from hosting.errors import NotFoundError
+
+    if conn.execute(select(App.id).where(App.id == app_id, appstate.may_start(operation))).first() is not None:
+        return
+    refusal = appstate.refusal(conn, app_id, operation)
+    if isinstance(refusal, NotFoundError):
+        raise MissingError(str(refusal))
+    raise StateError(str(refusal))
+
+
+def _check_ports_free(conn: Connection, app_id: str, wanted: list[tuple[str, int, str]]) -> None:
+    if not wanted:
+        return
+    taken = []
+    for proto, port, env_var in wanted:
+        holder = conn.execute(
+            select(PortReservation.app_id).where(
+                PortReservation.type == proto, PortReservation.port == port, PortReservation.app_id != app_id
+            )
+        ).first()
+        if holder is not None:
+            taken.append(f"{env_var}: {port}/{proto} is held by app {holder.app_id}")
+    if taken:
+        raise StateError("ports taken: " + "; ".join(taken) + "; choose other host ports")
+
+
+def _check_limits(manifest: Any, cpu_shares: int | None, cpu_quota: int | None, memory_limit: int | None) -> None:
+    """The bounds that do not depend on the Docker host (its CPUs and memory are the task's to check)."""
+    from hosting.resources import HostCapacity, check_limits
+
+    check_limits(
+        manifest,
+        HostCapacity(ncpu=_NO_HOST_LIMIT[0], memory=_NO_HOST_LIMIT[1]),
+        cpu_shares=cpu_shares,
+        cpu_quota=cpu_quota,
+        memory_limit=memory_limit,
+    )
+
+
+# ---------------------------------------------------------------------------- platform tasks
+
+
+def platform_task(engine: Engine, kind: str, args: Mapping[str, Any] | None = None) -> Started:
+    if kind not in PLATFORM_KINDS:
+        raise BadRequestError(f"unknown platform task {kind!r}; use one of {', '.join(PLATFORM_KINDS)}")
+    require_platform(kind)
+    return Started(_enqueue(engine, kind, dict(args or {}), app_id=None), None)
+
+
+# ---------------------------------------------------------------------------- stopping
+
+
+def check_stoppable(engine: Engine, task_id: str) -> str:
+    """The task's state now, or MissingError; a final state means there is nothing to stop."""
+    from tasks import records
+
+    row = records.get(engine, task_id)
+    if row is None:
+        raise MissingError(f"no task {task_id!r}: `boxtasks task list` shows the tasks")
+    return str(row.state)
+
+
+def stop(engine: Engine, task_id: str, *, wait: bool = True) -> str:
+    """Stop a task (SIGTERM, then SIGKILL after the grace when `wait`); return its state."""
+    from tasks import client
+    from tasks.errors import TaskNotFoundError
+
+    state = check_stoppable(engine, task_id)
+    if state in {s.value for s in FINAL_STATES}:
+        return state
+    try:
+        return client.stop(task_id, engine=engine, wait=wait)
+    except TaskNotFoundError as err:
+        raise MissingError(str(err)) from err
+
+
+def _enqueue(engine: Engine, kind: str, args: dict[str, Any], *, app_id: str | None) -> str:
+    from tasks import client
+    from tasks.errors import BrokerUnavailableError
+
+    try:
+        task_id = client.enqueue(kind, args, app_id=app_id, engine=engine)
+    except BrokerUnavailableError as err:
+        raise BrokerDownError(f"{err}; start the broker and ask again") from err
+    logger.info("enqueued %s %s (app %s)", kind, task_id, app_id)
+    return task_id

@@ -1,0 +1,122 @@
+"""The REST API's factory: `uvicorn api.app:create_app --factory` (what `boxtasks api` runs).
+
+Everything is under /api/v1 (OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs), and
+Prometheus text at /metrics. Nothing is made at import: the engine and the lock manager are made
+on first use and closed at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api import auth, metrics
+from api.errors import FrontError
+from api.routes import ROUTERS
+from config import Settings, get_settings
+from lockman import LockError, LockManager
+from models import get_engine
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    manager_cache: dict[str, LockManager] = {}
+
+    def lock_manager() -> LockManager:
+        if "m" not in manager_cache:
+            manager_cache["m"] = LockManager.from_settings()
+        return manager_cache["m"]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if "m" in manager_cache:
+            manager_cache.pop("m").dispose()
+
+    app = FastAPI(
+        title="boxtasks",
+        version="1",
+        description="Tasks of a self-hosting box: start app and platform operations, follow and stop them.",
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=f"{PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.engine = get_engine
+    app.state.lock_manager = lock_manager
+    for router in ROUTERS:
+        app.include_router(router, prefix=PREFIX)
+    _add_metrics(app, settings, lock_manager)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_metrics(app: FastAPI, settings: Settings, manager: Any) -> None:
+    reg = metrics.registry(get_engine, manager)
+    deps = [] if settings.metrics_public else [Depends(auth.read)]
+
+    @app.get("/metrics", include_in_schema=False, dependencies=deps)
+    def prometheus() -> Response:
+        body, headers = metrics.render(reg)
+        return Response(body, headers=headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FrontError)
+    async def front_error(_: Request, err: FrontError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return _error(err.status, err.code, err.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid", describe(err.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = str(err.detail)
+        if err.status_code == 404 and message == "Not Found":
+            message = f"no such route; the API is under {PREFIX} (OpenAPI: {PREFIX}/openapi.json)"
+        return _error(
+            err.status_code, _HTTP_CODES.get(err.status_code, "error"), message, dict(err.headers or {}) or None
+        )
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_: Request, err: OperationalError) -> JSONResponse:
+        logger.warning("database error: %s", err)
+        return _error(503, "database_unavailable", "the database does not answer; try again shortly")
+
+    @app.exception_handler(LockError)
+    async def lock_error(_: Request, err: LockError) -> JSONResponse:
+        logger.warning("lock row error: %s", err)
+        return _error(503, "locks_unavailable", str(err))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(_: Request, err: SQLAlchemyError) -> JSONResponse:
+        logger.exception("database error")
+        return _error(500, "database_error", "the database refused the request; see the API's log")
+
+
+def describe(errors: Any) -> str:
+    """Pydantic/FastAPI errors as one line: `body.location: Field required; query.limit: ...`."""
+    parts = []
+    for item in errors:
+        loc = ".".join(str(p) for p in item.get("loc", ()))
+        parts.append(f"{loc}: {str(item.get('msg', 'invalid')).removeprefix('Value error, ')}")
+    return "; ".join(parts) or "invalid request"

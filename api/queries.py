@@ -1,0 +1,361 @@
+"""What the front doors read: tasks, apps, backups, archives, eventlog, notifications, locks.
+
+HTTP-free, shared by the REST API and the CLI. Rows become plain dicts: tasks in snake_case (the
+CLI's --json contract), apps with the seed's names (`portBindings`, `cpuShares`, ...), and every
+time as ISO 8601 UTC with a `Z`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, delete, desc, func, select, update
+
+from api.errors import MissingError
+from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState
+
+#: The most rows one listing returns.
+MAX_LIMIT = 1000
+
+
+def iso(value: Any) -> str | None:
+    """ISO 8601 in UTC with a `Z` (the database keeps naive UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return str(value.isoformat(timespec="microseconds")) + "Z"
+
+
+# ---------------------------------------------------------------------------- tasks
+
+_TASK_COLUMNS = (
+    "id",
+    "type",
+    "app_id",
+    "state",
+    "percent",
+    "message",
+    "error",
+    "result",
+    "args",
+    "queue",
+    "worker",
+    "pid",
+    "locks",
+)
+_TASK_TIMES = ("created_at", "started_at", "finished_at", "heartbeat_at", "stop_requested_at")
+
+
+def task_dict(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    out = {k: m[k] for k in _TASK_COLUMNS}
+    out.update({k: iso(m[k]) for k in _TASK_TIMES})
+    return out
+
+
+def list_tasks(
+    engine: Engine,
+    *,
+    state: Sequence[str] = (),
+    type: str | None = None,
+    app_id: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Newest first."""
+    stmt = select(Task.__table__).order_by(desc(Task.created_at), desc(Task.id)).limit(min(limit, MAX_LIMIT))
+    if state:
+        stmt = stmt.where(Task.state.in_([TaskState(s).value for s in state]))
+    if type:
+        stmt = stmt.where(Task.type == type)
+    if app_id:
+        stmt = stmt.where(Task.app_id == app_id)
+    with engine.connect() as conn:
+        return [task_dict(r) for r in conn.execute(stmt).all()]
+
+
+def get_task(engine: Engine, task_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Task.__table__).where(Task.id == task_id)).first()
+    if row is None:
+        raise MissingError(f"no task {task_id!r}: `boxtasks task list` shows the tasks")
+    return task_dict(row)
+
+
+def task_log(engine: Engine, task_id: str, *, limit: int = 200) -> list[dict[str, Any]]:
+    """What is known of the task's history: its row's milestones, then the eventlog entries it wrote.
+
+    Progress messages are not kept one by one (the row holds the latest); the eventlog holds
+    what the task's operations recorded (`source.taskId`).
+    """
+    task = get_task(engine, task_id)
+    entries: list[dict[str, Any]] = [{"at": task["created_at"], "source": "task", "message": "Queued"}]
+    if task["started_at"]:
+        entries.append({"at": task["started_at"], "source": "task", "message": "Started"})
+    with engine.connect() as conn:
+        created = conn.execute(select(Task.created_at).where(Task.id == task_id)).scalar_one()
+        events = conn.execute(
+            select(Event.id, Event.action, Event.source, Event.data, Event.created_at)
+            .where(Event.created_at >= created)
+            .order_by(Event.id)
+            .limit(5000)
+        ).all()
+    for ev in events:
+        source = ev.source or {}
+        if task_id in (source.get("taskId"), source.get("task_id")):
+            entries.append({"at": iso(ev.created_at), "source": f"eventlog:{ev.id}", "message": _describe(ev)})
+    last = task["message"]
+    if task["state"] in {s.value for s in (TaskState.QUEUED, TaskState.WAITING, TaskState.RUNNING)}:
+        entries.append({"at": None, "source": "task", "message": f"{task['state']}: {task['percent']}% {last}"})
+    else:
+        entries.append({"at": task["finished_at"], "source": "task", "message": f"{task['state']}: {last}"})
+    if task["error"]:
+        entries.append({"at": task["finished_at"], "source": "task", "message": f"error: {task['error']}"})
+    return entries[-limit:]
+
+
+def _describe(ev: Any) -> str:
+    data = ev.data or {}
+    words = ", ".join(f"{k}={v}" for k, v in sorted(data.items()) if v is not None and k != "ok")
+    ok = data.get("ok")
+    outcome = "" if ok is None else (" ok" if ok else " failed")
+    return f"{ev.action}{outcome}" + (f" ({words})" if words else "")
+
+
+# ---------------------------------------------------------------------------- apps
+
+
+def _app_dict(row: Any, bindings: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "appStoreId": row.app_store_id,
+        "manifest": row.manifest,
+        "version": row.version,
+        "location": row.location,
+        "installationState": row.installation_state,
+        "runState": row.run_state,
+        "error": row.error,
+        "containerId": row.container_id,
+        "cpuShares": row.cpu_shares,
+        "cpuQuota": row.cpu_quota,
+        "memoryLimit": row.memory_limit,
+        "portBindings": {b.env_var: {"hostPort": b.host_port, "count": b.count, "type": b.type} for b in bindings},
+        "enableBackup": bool(row.enable_backup),
+        "createdAt": iso(row.created_at),
+        "updatedAt": iso(row.updated_at),
+    }
+
+
+def list_apps(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        apps = conn.execute(select(App.__table__).order_by(App.location)).all()
+        bindings = conn.execute(select(PortBinding.__table__)).all()
+    by_app: dict[str, list[Any]] = {}
+    for b in bindings:
+        by_app.setdefault(b.app_id, []).append(b)
+    return [_app_dict(a, by_app.get(a.id, [])) for a in apps]
+
+
+def get_app(engine: Engine, app_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(App.__table__).where(App.id == app_id)).first()
+        if row is None:
+            raise MissingError(f"no app {app_id!r}: `boxtasks app list` shows the apps")
+        bindings = conn.execute(select(PortBinding.__table__).where(PortBinding.app_id == app_id)).all()
+    return _app_dict(row, bindings)
+
+
+# ---------------------------------------------------------------------------- backups and archives
+
+
+def _backup_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "type": row.type,
+        "app_id": row.app_id,
+        "version": row.version,
+        "state": row.state,
+        "format": row.format,
+        "size": row.size,
+        "checksum": row.checksum,
+        "depends_on": list(row.depends_on or []),
+        "app_config": row.app_config,
+        "error": row.error,
+        "created_at": iso(row.created_at),
+    }
+
+
+def list_backups(
+    engine: Engine, *, app_id: str | None = None, type: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    stmt = select(Backup.__table__).order_by(desc(Backup.created_at), desc(Backup.id)).limit(min(limit, MAX_LIMIT))
+    if app_id:
+        stmt = stmt.where(Backup.app_id == app_id)
+    if type:
+        stmt = stmt.where(Backup.type == type)
+    with engine.connect() as conn:
+        return [_backup_dict(r) for r in conn.execute(stmt).all()]
+
+
+def get_backup(engine: Engine, backup_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Backup.__table__).where(Backup.id == backup_id)).first()
+    if row is None:
+        raise MissingError(f"no backup {backup_id!r}: `boxtasks backup list` shows the backups")
+    return _backup_dict(row)
+
+
+def _archive_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "backup_id": row.backup_id,
+        "app_id": row.app_id,
+        "app_config": row.app_config,
+        "has_icon": row.icon is not None,
+        "created_at": iso(row.created_at),
+    }
+
+
+def list_archives(engine: Engine, *, limit: int = 100) -> list[dict[str, Any]]:
+    stmt = select(Archive.__table__).order_by(desc(Archive.created_at), desc(Archive.id)).limit(min(limit, MAX_LIMIT))
+    with engine.connect() as conn:
+        return [_archive_dict(r) for r in conn.execute(stmt).all()]
+
+
+def get_archive(engine: Engine, archive_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Archive.__table__).where(Archive.id == archive_id)).first()
+    if row is None:
+        raise MissingError(f"no archive {archive_id!r}: GET /api/v1/archives lists them")
+    return _archive_dict(row)
+
+
+def delete_archive(engine: Engine, archive_id: str) -> None:
+    """Forget the archive (the backup it points at stays, as any other backup)."""
+    with engine.begin() as conn:
+        gone = conn.execute(delete(Archive).where(Archive.id == archive_id)).rowcount
+    if not gone:
+        raise MissingError(f"no archive {archive_id!r}: GET /api/v1/archives lists them")
+
+
+# ---------------------------------------------------------------------------- eventlog and notifications
+
+
+def eventlog(
+    engine: Engine, *, action: str | None = None, before: int | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Newest first; page with `before` (an event id)."""
+    stmt = select(Event.__table__).order_by(desc(Event.id)).limit(min(limit, MAX_LIMIT))
+    if action:
+        stmt = stmt.where(Event.action == action)
+    if before is not None:
+        stmt = stmt.where(Event.id < before)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    return [
+        {"id": r.id, "action": r.action, "source": r.source, "data": r.data, "created_at": iso(r.created_at)}
+        for r in rows
+    ]
+
+
+def _notification_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "event_id": row.event_id,
+        "alert_kind": row.alert_kind,
+        "title": row.title,
+        "message": row.message,
+        "acknowledged": bool(row.acknowledged),
+        "created_at": iso(row.created_at),
+    }
+
+
+def notifications(engine: Engine, *, acknowledged: bool | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    stmt = select(Notification.__table__).order_by(desc(Notification.id)).limit(min(limit, MAX_LIMIT))
+    if acknowledged is not None:
+        stmt = stmt.where(Notification.acknowledged == acknowledged)
+    with engine.connect() as conn:
+        return [_notification_dict(r) for r in conn.execute(stmt).all()]
+
+
+def acknowledge(engine: Engine, notification_id: int) -> dict[str, Any]:
+    with engine.begin() as conn:
+        conn.execute(update(Notification).where(Notification.id == notification_id).values(acknowledged=True))
+        row = conn.execute(select(Notification.__table__).where(Notification.id == notification_id)).first()
+    if row is None:
+        raise MissingError(f"no notification {notification_id}: GET /api/v1/notifications lists them")
+    return _notification_dict(row)
+
+
+# ---------------------------------------------------------------------------- counts (metrics)
+
+
+def tasks_by_state(engine: Engine) -> list[tuple[str, str, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Task.type, Task.state, func.count()).group_by(Task.type, Task.state)).all()
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
+def oldest_waiting(engine: Engine) -> tuple[int, float]:
+    """How many tasks wait for locks, and how long the longest has existed (seconds, database clock)."""
+    from models import db_utcnow
+
+    with engine.connect() as conn:
+        now = conn.execute(select(db_utcnow())).scalar_one()
+        row = conn.execute(
+            select(func.count(), func.min(Task.created_at)).where(Task.state == TaskState.WAITING.value)
+        ).one()
+    if not row[0] or row[1] is None:
+        return 0, 0.0
+    oldest = dt.datetime.fromisoformat(row[1]) if isinstance(row[1], str) else row[1]
+    current = dt.datetime.fromisoformat(now) if isinstance(now, str) else now
+    return int(row[0]), max(0.0, (current - oldest).total_seconds())
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+def locks_report(table: Any, version: int, engine: Engine | None = None) -> dict[str, Any]:
+    """Holders and waiters of a lock snapshot, each waiter with the words of why it waits.
+
+    With an engine, each entry also carries its task's type, state and message from the `tasks` table.
+    """
+    owners = sorted({h.owner for h in table.holders} | {w.owner for w in table.waiters})
+    info: dict[str, Any] = {}
+    if engine is not None and owners:
+        with engine.connect() as conn:
+            for r in conn.execute(
+                select(Task.id, Task.type, Task.state, Task.message, Task.app_id).where(Task.id.in_(owners))
+            ).all():
+                info[r.id] = {"type": r.type, "state": r.state, "message": r.message, "app_id": r.app_id}
+    return {
+        "version": version,
+        "holders": [
+            {
+                "owner": h.owner,
+                "label": h.label,
+                "name": h.name,
+                "mode": h.mode.value,
+                "token": h.token,
+                "task": info.get(h.owner),
+            }
+            for h in table.holders
+        ],
+        "waiters": [
+            {
+                "owner": w.owner,
+                "label": w.label,
+                "seq": w.seq,
+                "locks": {n: m.value for n, m in w.locks},
+                "nested": w.nested,
+                "blocked_by": [b.describe() for b in table.blockers_of(w.owner)],
+                "blocking_locks": sorted({b.name for b in table.blockers_of(w.owner)}),
+                "task": info.get(w.owner),
+            }
+            for w in table.waiters
+        ],
+    }

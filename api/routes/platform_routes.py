@@ -1,0 +1,45 @@
+"""/platform: update, full backup, start (admin tokens only)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from sqlalchemy import Engine
+
+from api import actions, auth
+from api.routes._common import errors
+from api.schemas import CapabilitiesOut, FullBackupRequest, PlatformUpdateRequest, StartedOut
+
+router = APIRouter(prefix="/platform", tags=["platform"])
+Db = Annotated[Engine, Depends(auth.engine_of)]
+_STARTS = errors(422, 501, 503)
+
+
+@router.get("/capabilities", response_model=CapabilitiesOut, dependencies=[Depends(auth.read)], responses=errors())
+def capabilities() -> dict[str, Any]:
+    """What this server can run now (app operations and platform tasks come as hosting provides them)."""
+    return {"app_operations": actions.app_operations(), "platform_tasks": actions.platform_kinds()}
+
+
+@router.post(
+    "/update", status_code=202, response_model=StartedOut, dependencies=[Depends(auth.admin)], responses=_STARTS
+)
+def update(db: Db, body: Annotated[PlatformUpdateRequest | None, Body()] = None) -> dict[str, Any]:
+    args = {"release_url": body.release_url} if body is not None and body.release_url else {}
+    return actions.platform_task(db, "update", args).as_dict()
+
+
+@router.post(
+    "/backup", status_code=202, response_model=StartedOut, dependencies=[Depends(auth.admin)], responses=_STARTS
+)
+def full_backup(db: Db, body: Annotated[FullBackupRequest | None, Body()] = None) -> dict[str, Any]:
+    args = {"app_ids": body.app_ids} if body is not None and body.app_ids is not None else {}
+    return actions.platform_task(db, "fullbackup", args).as_dict()
+
+
+@router.post(
+    "/start", status_code=202, response_model=StartedOut, dependencies=[Depends(auth.admin)], responses=_STARTS
+)
+def start(db: Db) -> dict[str, Any]:
+    return actions.platform_task(db, "platformstart").as_dict()

@@ -1,0 +1,228 @@
+"""Request and response shapes of the REST API (what its OpenAPI document says).
+
+Requests use the seed's camelCase names (`ports`, `cpuShares`, `cpuQuota`, `memoryLimit`) and refuse
+unknown keys, so a misspelt option is an error, not a silent default. The deeper checks (a manifest's
+fields, reserved ports, env names) are hosting's, run by `api.actions` before a task is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+APP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: Backup and archive ids are usable in routes: no "/" (and nothing unprintable).
+ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"
+ENV_PORTS_DOC = "env var -> host port, for the ports the manifest declares (tcpPorts/udpPorts)"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class InstallRequest(_Request):
+    manifest: dict[str, Any] = Field(description="the app's manifest (id, version, image, httpPort, tcpPorts, ...)")
+    location: str = Field(max_length=255, description="where the app lives, like 'blog' (DNS labels)")
+    app_id: str | None = Field(default=None, pattern=APP_ID_PATTERN, description="made up when left out")
+    app_store_id: str | None = Field(default=None, max_length=255)
+    ports: dict[str, int] = Field(default_factory=dict, description=ENV_PORTS_DOC)
+    cpu_shares: int | None = Field(default=None, ge=2, le=262_144, description="relative CPU weight")
+    cpu_quota: int | None = Field(default=None, ge=1, le=100 * 1024, description="percent of one CPU (100 = 1 core)")
+    memory_limit: int | None = Field(default=None, ge=0, le=1 << 62, description="bytes, swap included")
+    env: dict[str, str] = Field(default_factory=dict, description="extra env vars for the app")
+
+
+class ConfigureRequest(_Request):
+    """Fields left out stay as they are; at least one must be given."""
+
+    ports: dict[str, int] | None = Field(default=None, description=ENV_PORTS_DOC)
+    cpu_shares: int | None = Field(default=None, ge=2, le=262_144)
+    cpu_quota: int | None = Field(default=None, ge=1, le=100 * 1024)
+    memory_limit: int | None = Field(default=None, ge=0, le=1 << 62)
+    env: dict[str, str] | None = None
+
+
+class UpdateRequest(_Request):
+    manifest: dict[str, Any] = Field(description="the manifest of the version to update to")
+
+
+class RestoreRequest(_Request):
+    backup_id: str = Field(pattern=ITEM_ID_PATTERN)
+
+
+class CloneRequest(_Request):
+    backup_id: str = Field(pattern=ITEM_ID_PATTERN)
+    location: str = Field(max_length=255)
+    app_id: str | None = Field(default=None, pattern=APP_ID_PATTERN, description="id of the new app")
+    ports: dict[str, int] = Field(default_factory=dict, description=ENV_PORTS_DOC)
+
+
+class NoOptions(_Request):
+    """start, stop, restart, repair, uninstall and backup take no options."""
+
+
+class PlatformUpdateRequest(_Request):
+    release_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+
+
+class FullBackupRequest(_Request):
+    app_ids: list[str] | None = Field(default=None, max_length=1000, description="default: every app")
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="a short code: invalid, unauthorized, forbidden, not_found, conflict, ...")
+    message: str = Field(description="what went wrong and what to do")
+
+
+class StartedOut(BaseModel):
+    task_id: str
+    app_id: str | None
+    url: str
+
+
+class StopOut(BaseModel):
+    task_id: str
+    state: str = Field(description="the task's state now; a running task gets SIGTERM, then SIGKILL after the grace")
+
+
+TaskState = Literal["queued", "waiting", "running", "succeeded", "failed", "cancelled", "interrupted"]
+
+
+class TaskOut(BaseModel):
+    id: str
+    type: str
+    app_id: str | None
+    state: str
+    percent: int
+    message: str
+    error: str | None
+    result: Any = None
+    args: dict[str, Any]
+    queue: str
+    worker: str | None
+    pid: int | None
+    locks: dict[str, Any]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    heartbeat_at: str | None
+    stop_requested_at: str | None
+
+
+class LogEntryOut(BaseModel):
+    at: str | None
+    source: str
+    message: str
+
+
+class PortBindingOut(BaseModel):
+    hostPort: int
+    count: int
+    type: str
+
+
+class AppOut(BaseModel):
+    """An app, with the seed's names (`portBindings` out, where requests take `ports`)."""
+
+    id: str
+    appStoreId: str
+    manifest: dict[str, Any]
+    version: str
+    location: str
+    installationState: str
+    runState: str
+    error: dict[str, Any] | None
+    containerId: str | None
+    cpuShares: int
+    cpuQuota: int
+    memoryLimit: int
+    portBindings: dict[str, PortBindingOut]
+    enableBackup: bool
+    createdAt: str | None
+    updatedAt: str | None
+
+
+class BackupOut(BaseModel):
+    id: str
+    type: str
+    app_id: str | None
+    version: str
+    state: str
+    format: str
+    size: int | None
+    checksum: str | None
+    depends_on: list[str]
+    app_config: dict[str, Any] | None
+    error: str | None
+    created_at: str | None
+
+
+class ArchiveOut(BaseModel):
+    id: str
+    backup_id: str
+    app_id: str
+    app_config: dict[str, Any]
+    has_icon: bool
+    created_at: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    action: str
+    source: dict[str, Any]
+    data: dict[str, Any]
+    created_at: str | None
+
+
+class NotificationOut(BaseModel):
+    id: int
+    event_id: int | None
+    alert_kind: str | None
+    title: str
+    message: str
+    acknowledged: bool
+    created_at: str | None
+
+
+class LockTaskOut(BaseModel):
+    type: str
+    state: str
+    message: str
+    app_id: str | None
+
+
+class HolderOut(BaseModel):
+    owner: str
+    label: str
+    name: str
+    mode: str
+    token: int
+    task: LockTaskOut | None
+
+
+class WaiterOut(BaseModel):
+    owner: str
+    label: str
+    seq: int
+    locks: dict[str, str]
+    nested: bool
+    blocked_by: list[str] = Field(description="why it waits, in words")
+    blocking_locks: list[str]
+    task: LockTaskOut | None
+
+
+class LocksOut(BaseModel):
+    version: int
+    holders: list[HolderOut]
+    waiters: list[WaiterOut]
+
+
+class CapabilitiesOut(BaseModel):
+    app_operations: list[str] = Field(description="app operations this server runs now")
+    platform_tasks: list[str] = Field(description="platform tasks this server runs now")

@@ -1,0 +1,151 @@
+"""`boxtasks task list|show|watch|wait|stop`: follow and stop tasks, straight from the `tasks` table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from api import actions, queries
+from cli.errors import CliError
+from cli.output import print_json, print_table
+from models import FINAL_STATES, TaskState, get_engine
+
+FINAL = {s.value for s in FINAL_STATES}
+POLL_SECONDS = 0.25
+BAR_WIDTH = 30
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    task = sub.add_parser("task", help="list, show, watch, wait for and stop tasks", parents=[common])
+    tsub = task.add_subparsers(dest="task_command", required=True, metavar="ACTION")
+
+    ls = tsub.add_parser("list", help="tasks, newest first", parents=[common])
+    ls.add_argument("--state", action="append", choices=[s.value for s in TaskState], help="repeat for several")
+    ls.add_argument("--type", help="apptask, fullbackup, update, platformstart, ...")
+    ls.add_argument("--app", dest="app_id", help="only tasks of this app")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ls.set_defaults(handler=list_tasks)
+
+    for name, handler, doc in (
+        ("show", show, "one task, all its fields"),
+        ("watch", watch, "a live progress bar until the task ends (exit 0 when it succeeded)"),
+        ("wait", wait, "wait until the task ends: exit 0 when it succeeded, 1 otherwise"),
+        ("stop", stop, "stop a task (SIGTERM, then SIGKILL after the grace period)"),
+    ):
+        p = tsub.add_parser(name, help=doc, parents=[common])
+        p.add_argument("task_id", metavar="ID")
+        if name in {"watch", "wait"}:
+            p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+        if name == "stop":
+            p.add_argument("--no-wait", action="store_true", help="send SIGTERM and return at once")
+        p.set_defaults(handler=handler)
+
+
+def list_tasks(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= queries.MAX_LIMIT:
+        raise CliError(f"--limit must be 1-{queries.MAX_LIMIT}")
+    rows = queries.list_tasks(
+        get_engine(), state=args.state or (), type=args.type, app_id=args.app_id, limit=args.limit
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ["ID", "TYPE", "APP", "STATE", "%", "MESSAGE", "CREATED"],
+        [
+            (r["id"], _kind(r), r["app_id"] or "-", r["state"], r["percent"], _cut(r["message"]), r["created_at"])
+            for r in rows
+        ],
+        empty="no tasks",
+    )
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    row = queries.get_task(get_engine(), args.task_id)
+    if args.json:
+        print_json(row)
+        return 0
+    for key in ("id", "type", "app_id", "state", "percent", "message", "worker", "pid", "created_at"):
+        sys.stdout.write(f"{key + ':':<12} {row[key] if row[key] is not None else '-'}\n")
+    for key in ("started_at", "finished_at"):
+        sys.stdout.write(f"{key + ':':<12} {row[key] or '-'}\n")
+    sys.stdout.write(f"{'args:':<12} {json.dumps(row['args'])}\n")
+    if row["locks"]:
+        sys.stdout.write(f"{'locks:':<12} {json.dumps(row['locks'])}\n")
+    if row["result"] is not None:
+        sys.stdout.write(f"{'result:':<12} {json.dumps(row['result'])}\n")
+    if row["error"]:
+        sys.stdout.write(f"error:\n{row['error']}\n")
+    return 0
+
+
+def wait(args: argparse.Namespace) -> int:
+    row = _follow(args.task_id, args.timeout, on_change=None)
+    if args.json:
+        print_json(row)
+    else:
+        sys.stdout.write(f"{row['state']}: {row['message']}\n")
+    return 0 if row["state"] == TaskState.SUCCEEDED.value else 1
+
+
+def watch(args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty() and not args.json
+
+    def show_change(row: dict[str, Any]) -> None:
+        if args.json:
+            keys = ("id", "state", "percent", "message")
+            sys.stdout.write(json.dumps({k: row[k] for k in keys}) + "\n")
+        else:
+            line = render_bar(row)
+            sys.stdout.write(("\r\x1b[2K" + line) if tty else line + "\n")
+        sys.stdout.flush()
+
+    row = _follow(args.task_id, args.timeout, on_change=show_change)
+    if tty:
+        sys.stdout.write("\n")
+    return 0 if row["state"] == TaskState.SUCCEEDED.value else 1
+
+
+def stop(args: argparse.Namespace) -> int:
+    state = actions.stop(get_engine(), args.task_id, wait=not args.no_wait)
+    if args.json:
+        print_json({"task_id": args.task_id, "state": state})
+    else:
+        sys.stdout.write(f"task {args.task_id}: {state}\n")
+    return 0
+
+
+def render_bar(row: dict[str, Any]) -> str:
+    percent = max(0, min(100, int(row["percent"] or 0)))
+    done = BAR_WIDTH * percent // 100
+    return f"[{'#' * done}{'.' * (BAR_WIDTH - done)}] {percent:3d}% {row['state']}: {row['message']}"
+
+
+def _follow(task_id: str, timeout: float | None, *, on_change: Any) -> dict[str, Any]:
+    engine = get_engine()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: tuple[Any, ...] | None = None
+    while True:
+        row = queries.get_task(engine, task_id)
+        current = (row["state"], row["percent"], row["message"])
+        if on_change is not None and current != seen:
+            on_change(row)
+        seen = current
+        if row["state"] in FINAL:
+            return row
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CliError(f"task {task_id} is still {row['state']} after {timeout:g}s ({row['message']})")
+        time.sleep(POLL_SECONDS)
+
+
+def _kind(row: dict[str, Any]) -> str:
+    operation = (row.get("args") or {}).get("operation")
+    return f"{row['type']}:{operation}" if row["type"] == "apptask" and operation else str(row["type"])
+
+
+def _cut(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,95 @@
+"""compose/: the services, their healthchecks and start order, required secrets, and `docker compose config`.
+
+The file is read as YAML for its structure, then validated by the compose CLI itself: the compose
+plugin (`docker compose`) when installed, else Debian's docker-compose (.ci/compose.sh installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.services import in_ci
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose"
+SECRETS = ("MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD", "RABBITMQ_PASSWORD", "FLOWER_PASSWORD")
+APP_SERVICES = ("api", "worker", "beat", "flower")
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return dict(yaml.safe_load((COMPOSE / "compose.yaml").read_text()))
+
+
+def test_services_and_start_order(spec: dict[str, Any]) -> None:
+    services = spec["services"]
+    assert set(services) == {"mariadb", "rabbitmq", "migrate", *APP_SERVICES}
+    for name in ("mariadb", "rabbitmq", "api", "worker", "flower"):
+        assert services[name]["healthcheck"]["test"], name
+    assert services["migrate"]["depends_on"] == {"mariadb": {"condition": "service_healthy"}}
+    assert services["migrate"]["command"] == ["boxtasks", "db", "upgrade"]
+    assert services["migrate"]["restart"] == "no"
+    for name in APP_SERVICES:
+        assert services[name]["depends_on"] == {
+            "migrate": {"condition": "service_completed_successfully"},
+            "rabbitmq": {"condition": "service_healthy"},
+        }, name
+
+
+def test_workers_scale(spec: dict[str, Any]) -> None:
+    worker = spec["services"]["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    assert "worker@%h" in worker["command"]  # a node name of its own per replica
+
+
+def test_secrets_are_required_and_examples_name_them() -> None:
+    text = (COMPOSE / "compose.yaml").read_text()
+    example = (COMPOSE / ".env.example").read_text()
+    for name in SECRETS:
+        assert "${" + name + ":?" in text, name
+        assert f"\n{name}=\n" in example, name
+    assert "BOXTASKS_ENV: production" in text
+
+
+def _compose_cli() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    message = "no compose CLI (docker compose plugin or docker-compose): bash .ci/compose.sh installs one"
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run(
+        [*_compose_cli(), "-f", str(COMPOSE / "compose.yaml"), "config"],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_compose_config_validates() -> None:
+    done = _config({name: f"test-{name.lower()}" for name in SECRETS})
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    assert "test-mariadb_password@mariadb" in rendered["services"]["worker"]["environment"]["BOXTASKS_DATABASE_URL"]
+
+
+def test_compose_config_refuses_a_missing_secret() -> None:
+    env = {name: "x" for name in SECRETS if name != "RABBITMQ_PASSWORD"}
+    done = _config(env)
+    assert done.returncode != 0
+    assert "RABBITMQ_PASSWORD" in done.stderr
