@@ -29,6 +29,7 @@ test-fast: $(STAMP)
 ## bench: benchmarks, each printing its figures beside a baseline measured in the same run
 bench: $(STAMP)
 	$(BIN)/python bench/locks.py
+	$(BIN)/python bench/tasks.py
 
 ## lint: ruff and mypy as configured in pyproject.toml
 lint: $(STAMP)
