@@ -300,6 +300,17 @@ def tasks_by_state(engine: Engine) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
+def lock_acquire_figures(engine: Engine, *, limit: int = 1000) -> list[tuple[float, int]]:
+    """(acquire ms, compare-and-swap retries) of the latest finished tasks, as their workers recorded them."""
+    stmt = select(Task.locks).where(Task.finished_at.is_not(None)).order_by(desc(Task.finished_at)).limit(limit)
+    figures = []
+    with engine.connect() as conn:
+        for (locks,) in conn.execute(stmt):
+            if isinstance(locks, dict) and isinstance(locks.get("acquire_ms"), int | float):
+                figures.append((float(locks["acquire_ms"]), int(locks.get("cas_retries") or 0)))
+    return figures
+
+
 def oldest_waiting(engine: Engine) -> tuple[int, float]:
     """How many tasks wait for locks, and how long the longest has existed (seconds, database clock)."""
     from models import db_utcnow

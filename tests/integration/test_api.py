@@ -354,6 +354,15 @@ def test_locks_and_metrics_show_who_waits_for_what(api: ApiServer, toks: dict[st
         manager.dispose()
         for task_id in (holder, waiter):
             records.finish(engine, task_id, TaskState.CANCELLED, message="test over")
+    # What workers record with a task's final state feeds the acquire histogram and retry count.
+    done = records.create(engine, kind="apptask", queue="apptask", args={}, app_id=None)
+    records.finish(
+        engine, done, TaskState.SUCCEEDED, message="Done", locks={"acquire_ms": 3.0, "cas_retries": 2, "token": 1}
+    )
+    text = api.get("/metrics").text
+    assert 'boxtasks_lock_acquire_seconds_bucket{le="0.005"}' in text
+    assert 'boxtasks_lock_acquire_seconds_bucket{le="0.0025"} 0.0' in text
+    assert "boxtasks_lock_cas_retries 2.0" in text
 
 
 def test_metrics_can_require_a_token(env: Env, tmp_path: Path, toks: dict[str, str]) -> None:
