@@ -9,6 +9,9 @@ if ! command -v busybox >/dev/null 2>&1 || ! file -L "$(command -v busybox)" 2>/
   missing+=(busybox-static)
 fi
 command -v file >/dev/null 2>&1 || missing+=(file)
+# The box backup dumps the platform's database with these.
+command -v mysqldump >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v pg_dump >/dev/null 2>&1 || missing+=(postgresql-client)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "docker: installing ${missing[*]}"

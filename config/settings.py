@@ -7,6 +7,7 @@ so tests and the CLI can set variables before anything asks.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,6 +19,7 @@ from config.errors import ConfigError
 ENV_PREFIX = "BOXTASKS_"
 _SUPPORTED_DB_SCHEMES = ("sqlite", "mysql+pymysql", "mariadb+pymysql", "postgresql+psycopg", "postgresql")
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin", "changethis"}
+_HH_MM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _SUPPORTED_BROKER_SCHEMES = ("filesystem", "amqp", "pyamqp", "redis", "rediss", "memory")
 
 
@@ -45,6 +47,19 @@ class Settings(BaseSettings):
     flower_password: SecretStr = Field(default=SecretStr(""), description="basic-auth password for Flower")
     worker_concurrency: int = Field(default=4, ge=1, le=256, description="processes of the worker `make run` starts")
 
+    # The REST API (`boxtasks api`, started by `make run`): bearer tokens from the `api_tokens` table.
+    # In development `make run` makes an admin token once and keeps it under the data dir; in
+    # production there is none until `boxtasks token create` makes one.
+    api_address: str = Field(default="127.0.0.1", min_length=1, description="address the API listens on")
+    api_port: int = Field(default=3000, ge=1, le=65535, description="port the API listens on")
+    metrics_public: bool = Field(default=True, description="GET /metrics without a token (else a read token)")
+
+    # Schedules (celery beat): the nightly full backup and the alert checks.
+    backup_at: str = Field(default="02:00", description="UTC time HH:MM of the nightly full backup; empty: off")
+    backup_max_age_hours: float = Field(default=48.0, gt=0, description="older last backup: backup_config alert")
+    alert_check_seconds: float = Field(default=300.0, gt=0, description="how often beat runs the alert checks")
+    disk_min_free_percent: float = Field(default=10.0, ge=0, le=100, description="less free: disk_space alert")
+
     # Apps: the Docker engine they run on, and how their containers are made.
     docker_host: str = Field(default="unix:///var/run/docker.sock", description="Docker engine URL")
     docker_timeout_seconds: float = Field(default=120.0, gt=0, description="one Docker API call, pulls included")
@@ -68,6 +83,22 @@ class Settings(BaseSettings):
     addon_imap_port: int = Field(default=9993, ge=1, le=65535)
     receives_mail: bool = Field(default=False, description="whether this server receives mail (recvmail addon)")
 
+    # Backups: where archives are written, how long they are kept, when a `creating` one is abandoned.
+    backup_dir: Path | None = Field(default=None, description="backup target directory; empty: <data_dir>/backups")
+    backup_keep_last: int = Field(default=7, ge=1, le=10_000, description="keep this many newest backups per app")
+    backup_keep_daily_days: int = Field(default=30, ge=0, le=3650, description="and the newest of each of D days")
+    backup_stale_hours: float = Field(
+        default=6.0, gt=0, description="a `creating` backup this old, no live task: error"
+    )
+
+    # The platform itself: its releases (update) and its shared services (platformstart).
+    release_url: str = Field(default="", description="release tarball URL (file://, http(s)://); empty: none set")
+    release_public_key: str = Field(
+        default="", description="base64 Ed25519 public key; set: releases must carry a valid .sig"
+    )
+    release_max_bytes: int = Field(default=2 << 30, gt=0, description="a larger release download is refused")
+    infra_manifest: Path | None = Field(default=None, description="JSON infra list used before any update set one")
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -83,6 +114,16 @@ class Settings(BaseSettings):
         if value and value.split("://", 1)[0] not in _SUPPORTED_BROKER_SCHEMES:
             raise ValueError(
                 f"scheme must be one of {', '.join(_SUPPORTED_BROKER_SCHEMES)} (got {value.split(':', 1)[0]!r})"
+            )
+        return value
+
+    @field_validator("backup_at")
+    @classmethod
+    def _hour_minute(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _HH_MM.match(value):
+            raise ValueError(
+                f"must be a UTC time HH:MM like 02:00, or empty to turn nightly backups off (got {value!r})"
             )
         return value
 
@@ -136,6 +177,21 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def backup_time(self) -> tuple[int, int] | None:
+        """(hour, minute) UTC of the nightly full backup, or None when it is off."""
+        if not self.backup_at:
+            return None
+        hour, minute = self.backup_at.split(":")
+        return int(hour), int(minute)
+
+    @property
+    def resolved_backup_dir(self) -> Path:
+        """Where backups are written: `backup_dir`, or `backups` under the data dir."""
+        if self.backup_dir is not None:
+            return self.backup_dir.expanduser().resolve()
+        return self.resolved_data_dir / "backups"
 
     @property
     def heartbeat_interval(self) -> float:

@@ -1,0 +1,122 @@
+"""What tasks do to the server: apps, ports, resources, containers, backups, mail, events.
+
+Nothing here imports Celery or HTTP: operations take a `TaskContext` and are tested without Celery.
+Nothing heavy happens at import: no settings are read and no Docker client is made until asked.
+"""
+
+from __future__ import annotations
+
+from hosting.apps import configure, install, repair, restart, start, stop, uninstall
+from hosting.appstate import OPERATIONS as STATE_TABLE
+from hosting.appstate import InstallState, RunState
+from hosting.box import Box, default_box
+from hosting.context import LocalContext, TaskContext
+from hosting.errors import (
+    BackupError,
+    BackupNotFoundError,
+    BusyError,
+    ConflictError,
+    ContainerError,
+    CorruptBackupError,
+    DumpError,
+    EngineError,
+    EngineUnavailableError,
+    HostingError,
+    ImageError,
+    InfraError,
+    InputError,
+    LocationConflictError,
+    ManifestError,
+    NotFoundError,
+    NotifyError,
+    OptionsError,
+    PortConflictError,
+    PortError,
+    ReleaseError,
+    ReleaseVerifyError,
+    ResourceError,
+    StateConflictError,
+    StorageError,
+)
+from hosting.manifest import Manifest, parse_manifest
+from hosting.notify import (
+    AlertKind,
+    Outcome,
+    app_oom,
+    app_update_available,
+    app_updated,
+    backup_finished,
+    cert_renewal_failed,
+    clear_alert,
+    deliver,
+    platform_update_available,
+    platform_updated,
+    raise_alert,
+    report,
+)
+from hosting.oom import watch_oom
+from hosting.ports import RESERVED_PORTS
+
+__all__ = [
+    # errors
+    "BackupError",
+    "BackupNotFoundError",
+    "BusyError",
+    "ConflictError",
+    "ContainerError",
+    "CorruptBackupError",
+    "DumpError",
+    "EngineError",
+    "EngineUnavailableError",
+    "HostingError",
+    "ImageError",
+    "InfraError",
+    "InputError",
+    "LocationConflictError",
+    "ManifestError",
+    "NotFoundError",
+    "NotifyError",
+    "OptionsError",
+    "PortConflictError",
+    "PortError",
+    "ReleaseError",
+    "ReleaseVerifyError",
+    "ResourceError",
+    "StateConflictError",
+    "StorageError",
+    # running an operation
+    "Box",
+    "LocalContext",
+    "TaskContext",
+    "default_box",
+    # app operations
+    "configure",
+    "install",
+    "repair",
+    "restart",
+    "start",
+    "stop",
+    "uninstall",
+    # app state and manifests
+    "STATE_TABLE",
+    "InstallState",
+    "Manifest",
+    "RESERVED_PORTS",
+    "RunState",
+    "parse_manifest",
+    # eventlog, notifications, alerts, email
+    "AlertKind",
+    "Outcome",
+    "app_oom",
+    "app_update_available",
+    "app_updated",
+    "backup_finished",
+    "cert_renewal_failed",
+    "clear_alert",
+    "deliver",
+    "platform_update_available",
+    "platform_updated",
+    "raise_alert",
+    "report",
+    "watch_oom",
+]

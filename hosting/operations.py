@@ -53,7 +53,7 @@ def _load() -> None:
     """Import the modules that register operations (kept lazy: nothing heavy at import time)."""
     import importlib
 
-    for module in ("hosting.apps", "hosting.backups"):
+    for module in ("hosting.apps", "hosting.backups", "hosting.restore", "hosting.appupdate"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.app import App, PortBinding
+from models.app import App, AppAddon, PortBinding, PortReservation
 from models.backup import Archive, Backup
 from models.base import Base
 from models.clock import db_utcnow
@@ -10,21 +10,27 @@ from models.engine import dispose_after_fork, get_engine, make_engine, new_sessi
 from models.errors import MigrationError, ModelError
 from models.events import Event, Notification
 from models.lock import LockRow
+from models.platform import PlatformState
 from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskState
+from models.token import ApiToken
 
 __all__ = [
     # errors
     "MigrationError",
     "ModelError",
     # tables
+    "ApiToken",
     "App",
+    "AppAddon",
     "Archive",
     "Backup",
     "Base",
     "Event",
     "LockRow",
     "Notification",
+    "PlatformState",
     "PortBinding",
+    "PortReservation",
     "Task",
     # task states
     "FINAL_STATES",

@@ -35,6 +35,8 @@ class Backup(Base):
     #: The app's config as of the backup (notes, operators, checklist, ports, resources).
     app_config: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
     error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    #: The task that writes it while `creating`: a stale one whose task is gone is cleaned up.
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     discard_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, server_default=db_utcnow())
 

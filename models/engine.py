@@ -30,9 +30,9 @@ def driver_connect_args(url: str | URL) -> dict[str, Any]:
     process. A URL that asks for TLS (`?ssl_ca=...`, `?ssl=...`) keeps it.
     """
     parsed = make_url(url)
-    if parsed.drivername == "mysql+pymysql" or parsed.drivername == "mariadb+pymysql":
-        if not any(key.startswith("ssl") for key in parsed.query):
-            return {"ssl_disabled": True}
+    pymysql = parsed.drivername in {"mysql+pymysql", "mariadb+pymysql"}
+    if pymysql and not any(key.startswith("ssl") for key in parsed.query):
+        return {"ssl_disabled": True}
     return {}
 
 

@@ -25,7 +25,7 @@ def apptask(ctx: RunContext, *, app_id: str, operation: str, options: dict[str, 
 
 @locked_task(kind="fullbackup", plan={"task:fullbackup": "X", "platform": "S"})
 def fullbackup(ctx: RunContext, *, app_ids: list[str] | None = None) -> Any:
-    from hosting import backups  # type: ignore[attr-defined]  # comes with the backups issue
+    from hosting import backups
 
     ids = app_ids if app_ids is not None else backups.apps_to_back_up(ctx)
     report = back_up_apps(ctx, ids, backups.backup_app_for_full_backup)
@@ -34,17 +34,18 @@ def fullbackup(ctx: RunContext, *, app_ids: list[str] | None = None) -> Any:
 
 @locked_task(kind="update", plan={"task:update": "X"})
 def update(ctx: RunContext, *, release_url: str | None = None) -> Any:
-    from hosting import platform_update  # type: ignore[attr-defined]  # comes with the backups issue
+    from hosting import platform_update
 
     prepared = platform_update.prepare(ctx, release_url)
+    backup = platform_update.back_up(ctx, prepared)  # platform S and app locks one at a time, then given back
     ctx.progress(60, "Waiting for running app tasks to finish")
     ctx.acquire_more({"platform": "X"})
-    return platform_update.apply(ctx, prepared)
+    return platform_update.apply(ctx, prepared, backup=backup)
 
 
 @locked_task(kind="platformstart", plan={"task:platformstart": "X", "platform": "X"})
 def platformstart(ctx: RunContext) -> Any:
-    from hosting import platform_start  # type: ignore[attr-defined]  # comes with the backups issue
+    from hosting import platform_start
 
     return platform_start.start(ctx)
 

@@ -1,0 +1,241 @@
+"""Restore and clone: an app's data and config back from a backup (or an archive).
+
+- `restore` (an existing app, from one of its own backups): the archive is read in full against its
+  checksum *before* the app is touched, so a corrupt one is refused with the app as it was. Then the
+  container goes, the data directory is swapped for the backup's (extracted beside it, then renamed),
+  the manifest, resources and env of the backup come back, and the container is rebuilt.
+- `restore` of an app that is gone, with `archiveId`: the app comes back under its old id, like a clone.
+- `clone` (a new app id, which is this task's lock): a new app from a backup of another app, with its
+  own location and ports, and the notes, operators and checklist as they were *at backup time*
+  (the backup's `app_config`), not as the source app has them now. Reading a backup needs no app lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from hosting import appstate, archive, backups, mail, ports
+from hosting.apps import _build, _busy_is_retryable, _failures_leave_error, _finish, _load, _summary
+from hosting.appstate import RunState
+from hosting.box import Box, resolve
+from hosting.context import TaskContext
+from hosting.errors import BackupError, BackupNotFoundError, LocationConflictError
+from hosting.manifest import Manifest, parse_manifest
+from hosting.operations import operation
+from hosting.options import CloneOptions, RestoreOptions, check_app_id, check_env, check_location, parse
+from hosting.resources import check_limits
+from models import App, Archive
+
+logger = logging.getLogger(__name__)
+
+Result = dict[str, Any]
+
+
+@operation("restore")
+def restore(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """Put the app's data and config back as they were in a backup; a corrupt backup changes nothing."""
+    box = resolve(box)
+    check_app_id(app_id)
+    opts = parse(RestoreOptions, "restore", options)
+    with ctx.fenced() as conn:
+        exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
+        bid = opts.backup_id or _archive(conn, str(opts.archive_id)).backup_id
+    if not exists:
+        if not opts.archive_id:
+            raise BackupNotFoundError(f"no app {app_id!r} to restore; to bring back an uninstalled app give archiveId")
+        return _create_from(ctx, box, app_id, "restore", bid, opts.archive_id, opts.location, opts.ports)
+
+    with ctx.fenced() as conn:
+        row, _ = backups.usable(conn, box.settings, bid)
+    if row.app_id != app_id:
+        raise BackupNotFoundError(f"backup {bid} is of app {row.app_id}, not {app_id}: clone it to make a new app")
+    ctx.progress(5, f"Verifying backup {bid}")
+    path = backups.verify(box.settings, row)  # CorruptBackupError here: the app was not touched
+    with ctx.fenced() as conn:
+        appstate.begin(conn, app_id, "restore")
+        app = _load(conn, app_id)
+    with _failures_leave_error(ctx, app_id, "restore"):
+        ctx.progress(30, "Removing the container")
+        box.docker.remove_app_containers(app_id, stop_timeout=box.settings.app_stop_timeout_seconds)
+        ctx.progress(40, "Restoring the app's data")
+        swap_data(box, app_id, path)
+        config = row.app_config or {}
+        with ctx.fenced() as conn:
+            _restore_config(conn, box, app_id, app.location, config)
+        container_id = _build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=50)
+        with ctx.fenced() as conn:
+            _finish(ctx, conn, app_id, "restore", container_id=container_id, backupId=bid)
+    ctx.progress(100, f"Restored from {bid}")
+    return {**_summary(ctx, app_id), "backupId": bid}
+
+
+@operation("clone")
+def clone(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
+    """A new app `app_id` from a backup or an archive, at its own location with its own ports."""
+    box = resolve(box)
+    check_app_id(app_id)
+    opts = parse(CloneOptions, "clone", options)
+    bid = opts.backup_id
+    if bid is None:
+        with ctx.fenced() as conn:
+            bid = _archive(conn, str(opts.archive_id)).backup_id
+    return _create_from(ctx, box, app_id, "clone", bid, opts.archive_id, opts.location, opts.ports)
+
+
+# ---------------------------------------------------------------------------- a new app from a backup
+
+
+def _create_from(
+    ctx: TaskContext,
+    box: Box,
+    app_id: str,
+    op: str,
+    bid: str,
+    archive_id: str | None,
+    location: str | None,
+    wanted_ports: dict[str, int] | None,
+) -> Result:
+    with ctx.fenced() as conn:
+        row, _ = backups.usable(conn, box.settings, bid)
+        config = dict(_archive(conn, archive_id).app_config or {}) if archive_id else {}
+    config = config or dict(row.app_config or {})
+    if not config.get("manifest"):
+        raise BackupError(f"backup {bid} holds no app config (made by an older version): it cannot make a new app")
+    manifest = parse_manifest(config["manifest"])
+    location = check_location(location if location is not None else str(config.get("location", "")))
+    if wanted_ports is None:
+        wanted_ports = dict(config.get("ports") or {}) if op == "restore" else {}
+    bindings = ports.check_ports(manifest, wanted_ports)
+    env = check_env(dict(config.get("env") or {}), manifest)
+    res = config.get("resources") or {}
+    limits = check_limits(
+        manifest,
+        box.docker.capacity(),
+        cpu_shares=res.get("cpuShares"),
+        cpu_quota=res.get("cpuQuota"),
+        memory_limit=res.get("memoryLimit"),
+    )
+    ctx.progress(5, f"Verifying backup {bid}")
+    path = backups.verify(box.settings, row)  # a corrupt backup: refused before anything exists
+
+    run_state = RunState.RUNNING if config.get("runState", "running") == "running" else RunState.STOPPED
+    values: dict[str, Any] = {
+        "app_store_id": config.get("appStoreId") or manifest.id,
+        "manifest": dict(config["manifest"]),
+        "version": manifest.version,
+        "location": location,
+        "run_state": run_state.value,
+        "cpu_shares": limits.cpu_shares,
+        "cpu_quota": limits.cpu_quota,
+        "memory_limit": limits.memory_limit,
+        "env": env,
+        "notes": str(config.get("notes", "")),
+        "operators": list(config.get("operators") or []),
+        "checklist": dict(config.get("checklist") or {}),
+        "enable_backup": bool(config.get("enableBackup", True)),
+        "enable_mailbox": bool(config.get("enableMailbox", False)),
+    }
+    ctx.progress(10, "Recording the new app")
+    with _busy_is_retryable(op), ctx.fenced() as conn:
+        _claim_new(conn, app_id, op, values)
+        ports.reserve(conn, app_id, bindings)
+        mail.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
+    with _failures_leave_error(ctx, app_id, op):
+        ctx.progress(20, "Restoring the data")
+        swap_data(box, app_id, path)
+        container_id = _build(ctx, box, app_id, start=run_state == RunState.RUNNING, percent=40)
+        with ctx.fenced() as conn:
+            _finish(
+                ctx,
+                conn,
+                app_id,
+                op,
+                container_id=container_id,
+                run_state=run_state,
+                backupId=bid,
+                archiveId=archive_id,
+                fromApp=config.get("appId"),
+            )
+    ctx.progress(100, f"{'Cloned' if op == 'clone' else 'Restored'} {app_id} from {bid}")
+    return {**_summary(ctx, app_id), "backupId": bid, "fromApp": config.get("appId")}
+
+
+def _claim_new(conn: Connection, app_id: str, op: str, values: dict[str, Any]) -> None:
+    """Insert the new app in the operation's pending state, or take over its row on a retry."""
+    pending = appstate.rule(op).pending.value
+    exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
+    try:
+        with conn.begin_nested():
+            if not exists:
+                conn.execute(insert(App).values(id=app_id, installation_state=pending, **values))
+                return
+            if (
+                conn.execute(
+                    update(App)
+                    .where(App.id == app_id, appstate.may_start(op))
+                    .values(installation_state=pending, **values)
+                ).rowcount
+                != 1
+            ):
+                raise appstate.refusal(conn, app_id, op)
+    except IntegrityError as err:
+        holder = conn.execute(select(App.id).where(App.location == values["location"], App.id != app_id)).scalar()
+        if holder is not None:
+            raise LocationConflictError(
+                f"location {values['location']!r} is already used by app {holder}; choose another location"
+            ) from err
+        raise appstate.refusal(conn, app_id, op) from err
+
+
+def _restore_config(conn: Connection, box: Box, app_id: str, location: str, config: dict[str, Any]) -> None:
+    """The backup's manifest, resources and env (what its data goes with); notes, ports stay as they are."""
+    if not config.get("manifest"):
+        return
+    manifest: Manifest = parse_manifest(config["manifest"])
+    res = config.get("resources") or {}
+    values: dict[str, Any] = {"manifest": dict(config["manifest"]), "version": manifest.version}
+    for key, column in (("cpuShares", "cpu_shares"), ("cpuQuota", "cpu_quota"), ("memoryLimit", "memory_limit")):
+        if key in res:
+            values[column] = res[key]
+    if "env" in config:
+        values["env"] = dict(config["env"])
+    conn.execute(update(App).where(App.id == app_id).values(**values))
+    mail.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
+
+
+def _archive(conn: Connection, archive_id: str | None) -> Any:
+    row = conn.execute(select(Archive.__table__).where(Archive.id == archive_id)).first()
+    if row is None:
+        raise BackupNotFoundError(f"no archive {archive_id!r}; list them with GET /api/v1/archives")
+    return row
+
+
+# ---------------------------------------------------------------------------- the data directory
+
+
+def swap_data(box: Box, app_id: str, source: Path) -> None:
+    """Replace the app's data directory by the archive's, extracted beside it first (a rename swaps them)."""
+    app_dir = box.app_dir(app_id)
+    app_dir.mkdir(parents=True, exist_ok=True)
+    stage = box.apps_dir / f".restore-{app_id}-{os.getpid()}"
+    trash = box.apps_dir / f".replaced-{app_id}-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        archive.extract(source, stage)
+        restored = stage / backups.DATA
+        restored.mkdir(exist_ok=True)
+        current = app_dir / backups.DATA
+        if current.exists():
+            os.rename(current, trash)
+        os.rename(restored, current)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
