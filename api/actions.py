@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from api.errors import BadRequestError, BrokerDownError, MissingError, NotAvailableError, StateError
-from models import FINAL_STATES, App, PortReservation, Task
+from models import FINAL_STATES, App, Backup, PortReservation, Task
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,36 @@ def app_operation(
         with engine.connect() as conn:
             _precheck(conn, app_id, operation)
     return _enqueue_app(engine, app_id, operation, dict(options or {}))
+
+
+def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any]) -> Started:
+    """A new app from a backup of `source_app_id`: the task runs under the NEW app's lock.
+
+    The source app needs no lock (a backup does not change), so cloning never waits for it; the
+    backup must exist, be usable and belong to the source app.
+    """
+    from hosting.options import check_app_id
+
+    require_operation("clone")
+    opts = dict(options)
+    new_id = str(opts.pop("appId", None) or uuid.uuid4())
+    try:
+        check_app_id(new_id)
+        check_app_id(source_app_id)
+    except ValueError as err:
+        raise BadRequestError(str(err)) from err
+    backup_id = opts.get("backupId")
+    with engine.connect() as conn:
+        row = conn.execute(select(Backup.app_id, Backup.state).where(Backup.id == backup_id)).first()
+        if row is None or row.app_id != source_app_id:
+            raise MissingError(
+                f"no backup {backup_id!r} of app {source_app_id!r}: `boxtasks backup list` shows the backups"
+            )
+        if row.state != "normal":
+            raise StateError(f"backup {backup_id!r} is {row.state}, not usable: choose a backup in state normal")
+        if conn.execute(select(App.id).where(App.id == new_id)).first() is not None:
+            raise StateError(f"an app with id {new_id!r} exists already: choose another new app id")
+    return _enqueue_app(engine, new_id, "clone", opts)
 
 
 def _enqueue_app(engine: Engine, app_id: str, operation: str, options: dict[str, Any]) -> Started:

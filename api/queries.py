@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, delete, desc, func, select, update
+from sqlalchemy import Engine, desc, func, select, update
 
 from api.errors import MissingError
 from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState
@@ -235,11 +235,15 @@ def get_archive(engine: Engine, archive_id: str) -> dict[str, Any]:
 
 
 def delete_archive(engine: Engine, archive_id: str) -> None:
-    """Forget the archive (the backup it points at stays, as any other backup)."""
-    with engine.begin() as conn:
-        gone = conn.execute(delete(Archive).where(Archive.id == archive_id)).rowcount
-    if not gone:
-        raise MissingError(f"no archive {archive_id!r}: GET /api/v1/archives lists them")
+    """Forget the archive, and its backup unless another archive or a box backup still needs it."""
+    from config import get_settings
+    from hosting.archives import delete_archive as forget
+    from hosting.errors import BackupNotFoundError
+
+    try:
+        forget(engine, get_settings(), archive_id)
+    except BackupNotFoundError as err:
+        raise MissingError(f"no archive {archive_id!r}: GET /api/v1/archives lists them") from err
 
 
 # ---------------------------------------------------------------------------- eventlog and notifications

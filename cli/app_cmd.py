@@ -154,7 +154,7 @@ def clone_app(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"backupId": args.backup, "location": args.location, "ports": _pairs(args.port, "--port")}
     if args.new_app_id:
         options["appId"] = args.new_app_id
-    return started(args, "clone", actions.app_operation(get_engine(), args.app_id, "clone", options))
+    return started(args, "clone", actions.clone(get_engine(), args.app_id, options))
 
 
 def _limit_options(args: argparse.Namespace) -> dict[str, Any]:

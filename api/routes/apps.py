@@ -89,7 +89,7 @@ def restore(app_id: AppId, body: RestoreRequest, db: Db) -> dict[str, Any]:
 )
 def clone(app_id: AppId, body: CloneRequest, db: Db) -> dict[str, Any]:
     """Make a new app from a backup of this one."""
-    return actions.app_operation(db, app_id, "clone", _options(body)).as_dict()
+    return actions.clone(db, app_id, _options(body)).as_dict()
 
 
 def _simple(operation: str, doc: str) -> None:

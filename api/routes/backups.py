@@ -55,6 +55,6 @@ def restore_archive(archive_id: ItemId, db: Db) -> dict[str, Any]:
     "/archives/{archive_id}", status_code=204, dependencies=[Depends(auth.admin)], responses=errors(404, 422)
 )
 def delete_archive(archive_id: ItemId, db: Db) -> Response:
-    """Forget the archive; the backup it points at stays, like any other backup."""
+    """Forget the archive, and its backup unless another archive or a box backup still needs it."""
     queries.delete_archive(db, archive_id)
     return Response(status_code=204)

@@ -149,3 +149,32 @@ def test_update_and_platformstart_through_the_worker(
 
     refused = wait_state(enqueue("update", {"release_url": url}), "succeeded", "failed", timeout=120)
     assert refused.state == "failed" and "not newer" in refused.error
+
+
+def test_clone_from_the_front_door_runs_under_the_new_apps_lock(
+    dockerd: Dockerd, e2e_env: Env, start_worker: Callable[..., Worker]
+) -> None:
+    from api import actions
+    from api.errors import MissingError
+
+    _docker_env(e2e_env, dockerd)
+    start_worker(concurrency=2)
+    source = f"app{uuid.uuid4().hex[:8]}"
+    _install(dockerd, source)
+    with get_engine().begin() as conn:
+        conn.execute(App.__table__.update().where(App.id == source).values(notes="as at backup time"))
+    backed = wait_state(_op(source, "backup"), "succeeded", "failed", timeout=120)
+    assert backed.state == "succeeded", backed.error
+    (backup,) = _backups_of(source)
+    with get_engine().begin() as conn:
+        conn.execute(App.__table__.update().where(App.id == source).values(notes="changed later"))
+    with pytest.raises(MissingError, match="no backup"):
+        actions.clone(get_engine(), "someotherapp", {"backupId": backup.id, "location": "nowhere"})
+    started = actions.clone(get_engine(), source, {"backupId": backup.id, "location": f"{source}-copy"})
+    assert started.app_id != source
+    done = wait_state(started.task_id, "succeeded", "failed", timeout=120)
+    assert done.state == "succeeded", done.error
+    assert done.app_id == started.app_id
+    with get_engine().connect() as conn:
+        notes = conn.execute(select(App.notes).where(App.id == started.app_id)).scalar_one()
+    assert notes == "as at backup time"
