@@ -36,7 +36,8 @@ def test_embedded_default_runs_waits_and_stops(embedded: Env, tmp_path: Path) ->
         second = enqueue("t_app", {"app_id": app_id, "seconds": 0.2}, app_id=app_id, queue="apptask")
         a = wait_state(first, "succeeded", timeout=60)
         b = wait_state(second, "succeeded", timeout=60)
-        assert b.result["start"] >= a.result["end"]
+        # The filesystem broker does not keep the order of two messages; one app still runs one task at a time.
+        assert b.result["start"] >= a.result["end"] or a.result["start"] >= b.result["end"]
         # Broadcast control works on the filesystem transport: stop a running task.
         long = enqueue("t_app", {"app_id": app_id, "seconds": 60.0}, app_id=app_id, queue="apptask")
         wait_for(lambda: row(long).percent > 0, timeout=60, what="long task working")
