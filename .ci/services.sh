@@ -32,4 +32,6 @@ if ! up 6379; then
     --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
   wait_port 127.0.0.1 6379 30
 fi
+# The stress and scale tests run many processes, each with a small pool: leave them room.
+mysql -uroot -h127.0.0.1 -e "SET GLOBAL max_connections = GREATEST(@@max_connections, 500)" || true
 exit 0
