@@ -114,11 +114,6 @@ def progress(engine: Engine, task_id: str, percent: int, message: str) -> None:
         )
 
 
-def set_locks(engine: Engine, task_id: str, locks: dict[str, Any]) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(locks=locks))
-
-
 def finish(
     engine: Engine,
     task_id: str,

@@ -19,9 +19,11 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from lockman import Grant, Granted, LockLostError, LockManager, LockSet, Release, lock_set
 from lockman.table import lockset_to_dict
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Sends wake-up messages to waiting tasks by id.
 Waker = Callable[[Sequence[str]], object]
+
+T = TypeVar("T")
 
 
 class Outcome(enum.StrEnum):
@@ -64,6 +68,9 @@ class Runtime:
     wake: Waker
     #: Mirrors progress elsewhere (Celery events, so Flower shows it).
     mirror: Callable[[int, str], None] | None = None
+    #: How long the run's own bookkeeping (claim, waiting, final state, release) is retried while the
+    #: database is unreachable: long enough for a restart or a failover, not for an outage of hours.
+    db_retry_seconds: float = 120.0
 
 
 @dataclass
@@ -80,7 +87,12 @@ class RunContext:
     def progress(self, percent: int, message: str) -> None:
         records.progress(self.runtime.engine, self.task_id, percent, message)
         if self.runtime.mirror is not None:
-            self.runtime.mirror(percent, message)
+            # A copy for Flower, sent through the broker: the row above is the record, so a broker
+            # that is down (restarting) must not fail the task.
+            try:
+                self.runtime.mirror(percent, message)
+            except Exception:
+                logger.warning("task %s: could not mirror its progress", self.task_id, exc_info=True)
 
     @contextmanager
     def fenced(self) -> Iterator[Connection]:
@@ -116,13 +128,13 @@ class RunContext:
         with self._lock:
             for name in names:
                 self.holdings.pop(name, None)
-        records.set_locks(self.runtime.engine, self.task_id, {"holds": dict(self.holdings), "token": self.token})
         _wake_ready(self.runtime, release)
 
     def _held(self, locks: LockSet) -> None:
+        # No write to the task row here: a fullbackup takes and gives back a lock per app, and the
+        # live view of what a task holds is the lock row itself (`boxtasks locks`).
         with self._lock:
             self.holdings.update(lockset_to_dict(locks))
-        records.set_locks(self.runtime.engine, self.task_id, {"holds": dict(self.holdings), "token": self.token})
 
 
 class _Heartbeat(threading.Thread):
@@ -149,7 +161,7 @@ class _Heartbeat(threading.Thread):
 
 def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[[RunContext], Any]) -> RunResult:
     """Run `body` under `plan` for the task row `task_id`, or leave it waiting, or skip a duplicate."""
-    claim = records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid, plan=lockset_to_dict(plan))
+    claim = _claim(rt, task_id, plan)
     if not claim.claimed:
         return _not_claimed(rt, task_id, claim.row)
     try:
@@ -163,28 +175,34 @@ def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[
     ctx = RunContext(rt, task_id, kind, lockset_to_dict(plan), token)
     beat = _Heartbeat(rt.manager, task_id, rt.heartbeat_interval)
     beat.start()
+    # The heartbeat goes on until the final state is written: while that write waits for the
+    # database to come back, this task is alive, not a holder for the sweep to interrupt.
+    try:
+        result = _run_body(ctx, body)
+        # Written once, with the final state (one commit fewer per task than a write at grant time):
+        # the live view of what a task holds is the lock row itself.
+        figures = {
+            "plan": lockset_to_dict(plan),
+            "token": token,
+            "acquire_ms": acquired.acquire_ms,
+            "cas_retries": acquired.cas_retries,
+        }
+        _finish(rt, task_id, result, locks=figures)
+    finally:
+        beat.stop()
+    return result
+
+
+def _run_body(ctx: RunContext, body: Callable[[RunContext], Any]) -> RunResult:
     try:
         value = body(ctx)
     except TaskStopped:
-        result = RunResult(Outcome.CANCELLED, message="Stopped")
+        return RunResult(Outcome.CANCELLED, message="Stopped")
     except LockLostError as err:
-        result = RunResult(Outcome.FAILED, error=err, message=f"Lost its locks: {err}")
+        return RunResult(Outcome.FAILED, error=err, message=f"Lost its locks: {err}")
     except Exception as err:
-        result = RunResult(Outcome.FAILED, error=err, message=f"Failed: {err}")
-    else:
-        result = RunResult(Outcome.SUCCEEDED, value=value, message="Done")
-    finally:
-        beat.stop()
-    # Written once, with the final state (one commit fewer per task than a write at grant time):
-    # the live view of what a task holds is the lock row itself.
-    figures = {
-        "plan": lockset_to_dict(plan),
-        "token": token,
-        "acquire_ms": acquired.acquire_ms,
-        "cas_retries": acquired.cas_retries,
-    }
-    _finish(rt, task_id, result, locks=figures)
-    return result
+        return RunResult(Outcome.FAILED, error=err, message=f"Failed: {err}")
+    return RunResult(Outcome.SUCCEEDED, value=value, message="Done")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,21 +218,29 @@ def _acquire_or_wait(rt: Runtime, task_id: str, kind: str, plan: LockSet) -> _Ac
     while True:
         conflicts = rt.manager.stats.cas_conflicts
         started = time.monotonic()
-        decision = rt.manager.try_acquire(task_id, plan, label=kind)
+        # A request is idempotent: asked again, a grant stays a grant and a waiter keeps its place.
+        decision = _db_retry(
+            rt, f"lock request of task {task_id}", lambda: rt.manager.try_acquire(task_id, plan, label=kind)
+        )
         if isinstance(decision, Granted):
             took = (time.monotonic() - started) * 1000
             return _Acquired(decision, round(took, 3), rt.manager.stats.cas_conflicts - conflicts)
         message = decision.describe()
-        if not records.to_waiting(rt.engine, task_id, pid=rt.pid, message=message, waits=lockset_to_dict(plan)):
+        waits = lockset_to_dict(plan)
+        if not _db_retry(
+            rt,
+            f"waiting state of task {task_id}",
+            partial(records.to_waiting, rt.engine, task_id, pid=rt.pid, message=message, waits=waits),
+        ):
             # The row moved under us (a stop): leave the queue, tell whoever is ready.
-            _wake_ready(rt, rt.manager.release(task_id))
+            _wake_ready(rt, _db_retry(rt, f"lock release of task {task_id}", lambda: rt.manager.release(task_id)))
             return RunResult(Outcome.SKIPPED, message="row changed while queuing")
         # A release between our request and the `waiting` write sent a wake-up that found us
         # still `running` and was dropped: look once more now that the row says `waiting`.
-        if rt.manager.snapshot().table.blockers_of(task_id):
+        if _db_retry(rt, "lock row read", lambda: rt.manager.snapshot()).table.blockers_of(task_id):
             logger.info("task %s waits: %s", task_id, message)
             return RunResult(Outcome.WAITING, message=message)
-        if not records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid, plan=lockset_to_dict(plan)).claimed:
+        if not _claim(rt, task_id, plan).claimed:
             return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
 
 
@@ -229,10 +255,20 @@ def _finish(rt: Runtime, task_id: str, result: RunResult, *, locks: dict[str, An
         error = "".join(traceback.format_exception(result.error)).strip()
     # The row goes final first: should this process die before the release below, its locks
     # belong to a finished task and are dead at once, never held by a ghost.
-    records.finish(
-        rt.engine, task_id, state, message=result.message, result=_jsonable(result.value), error=error, locks=locks
+    value = _jsonable(result.value)
+    _db_retry(
+        rt,
+        f"final state of task {task_id}",
+        lambda: records.finish(
+            rt.engine, task_id, state, message=result.message, result=value, error=error, locks=locks
+        ),
     )
-    _wake_ready(rt, rt.manager.release(task_id))
+    try:
+        release = _db_retry(rt, f"lock release of task {task_id}", lambda: rt.manager.release(task_id))
+    except DBAPIError:  # the task is final, so its locks are dead: the next writer or the sweep drops them
+        logger.warning("task %s: could not release its locks; the sweep will", task_id, exc_info=True)
+        return
+    _wake_ready(rt, release)
 
 
 def _finish_stopped(rt: Runtime, task_id: str) -> None:
@@ -272,6 +308,61 @@ def _wake_ready(rt: Runtime, release: Release) -> None:
             rt.wake(owners)
         except Exception:  # the periodic sweep wakes them if this fails
             logger.warning("could not wake %s", ", ".join(owners), exc_info=True)
+
+
+def _claim(rt: Runtime, task_id: str, plan: LockSet) -> records.Claim:
+    """`records.claim`, retried while the database is unreachable.
+
+    A claim whose commit landed but whose answer was lost finds, when retried, the row running in
+    this very process: that is our claim, not a second copy.
+    """
+    tries = 0
+
+    def once() -> records.Claim:
+        nonlocal tries
+        tries += 1
+        claim = records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid, plan=lockset_to_dict(plan))
+        row = claim.row
+        if (
+            not claim.claimed
+            and tries > 1
+            and row is not None
+            and row.state == TaskState.RUNNING.value
+            and (row.worker, row.pid) == (rt.worker, rt.pid)
+        ):
+            return records.Claim(True, None)
+        return claim
+
+    return _db_retry(rt, f"claim of task {task_id}", once)
+
+
+def _db_retry(rt: Runtime, what: str, step: Callable[[], T]) -> T:
+    """Run `step` (an idempotent write or a read), again and again while the database is unreachable.
+
+    A restarted or failed-over database must not leave a task `queued` with its message gone, or
+    `running` with no process, or its locks held until the lease runs out: the step is retried,
+    with backoff, for up to `rt.db_retry_seconds`; then the error goes up.
+    """
+    deadline = time.monotonic() + rt.db_retry_seconds
+    delay = 0.1
+    while True:
+        try:
+            return step()
+        except DBAPIError as err:
+            if not _unreachable(err) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s: database unreachable (%s); retrying in %.1fs", what, _first_line(err), delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def _unreachable(err: DBAPIError) -> bool:
+    """A lost, refused or killed connection (or a server shutting down), not a wrong statement."""
+    return err.connection_invalidated or isinstance(err, OperationalError | InterfaceError)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0][:200]
 
 
 def _jsonable(value: Any) -> Any:

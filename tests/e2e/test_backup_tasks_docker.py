@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from config import get_settings
 from hosting import backups
@@ -162,12 +162,12 @@ def test_clone_from_the_front_door_runs_under_the_new_apps_lock(
     source = f"app{uuid.uuid4().hex[:8]}"
     _install(dockerd, source)
     with get_engine().begin() as conn:
-        conn.execute(App.__table__.update().where(App.id == source).values(notes="as at backup time"))
+        conn.execute(update(App).where(App.id == source).values(notes="as at backup time"))
     backed = wait_state(_op(source, "backup"), "succeeded", "failed", timeout=120)
     assert backed.state == "succeeded", backed.error
     (backup,) = _backups_of(source)
     with get_engine().begin() as conn:
-        conn.execute(App.__table__.update().where(App.id == source).values(notes="changed later"))
+        conn.execute(update(App).where(App.id == source).values(notes="changed later"))
     with pytest.raises(MissingError, match="no backup"):
         actions.clone(get_engine(), "someotherapp", {"backupId": backup.id, "location": "nowhere"})
     started = actions.clone(get_engine(), source, {"backupId": backup.id, "location": f"{source}-copy"})
