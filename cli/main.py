@@ -52,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="apply migrations (safe to run again)", parents=[common])
     up.set_defaults(handler=_db_upgrade)
 
-    locks = sub.add_parser("locks", help="lock holders and waiters, and why they wait", parents=[common])
-    locks.set_defaults(handler=locks_cmd.run)
+    locks_cmd.add_parser(sub, common)
 
     run = sub.add_parser(
         "run", help="migrate, then run worker, beat, Flower and the API until Ctrl-C", parents=[common]
