@@ -26,10 +26,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
 
-## bench: benchmarks, each printing its figures beside a baseline measured in the same run
+## bench: benchmarks, each printing its figures beside a baseline measured in the same run; then docs/lock-pairs.png
 bench: $(STAMP)
 	$(BIN)/python bench/locks.py
 	$(BIN)/python bench/tasks.py
+	$(BIN)/python bench/scale.py
+	mkdir -p var
+	$(BIN)/python bench/locks.py --json --seconds 1 > var/bench-locks.json
+	$(BIN)/python bench/plot.py var/bench-locks.json -o docs/lock-pairs.png \
+		--title "bench/locks.py --json --seconds 1, $$(nproc) CPUs"
 
 ## lint: ruff and mypy as configured in pyproject.toml
 lint: $(STAMP)
