@@ -1,17 +1,30 @@
 """The lock manager: the compare-and-swap loop around the pure lock table.
 
-How one change is written (`_mutate`):
+Every write is `UPDATE locks SET data = :new, version = version + 1 WHERE id = :id AND version = :seen`;
+what `_mutate` chooses is how to get `:seen` and `:new` cheaply, by how the last writes went:
 
-1. **Optimistic, from our own last write.** When this process wrote the row last time and that
-   has been reliable lately, it computes the next document from the remembered one and writes
-   with `WHERE version = :seen` straight away: one round trip instead of read + write.
-2. **Optimistic, fresh.** Otherwise (or when that missed) it reads, computes and swaps.
-3. **Queued in the database under contention.** When a swap lost a race, the naive loop would
-   read and race again, and under N writers most writes fail (65-72% at N=8). Instead the retry
-   runs as `SELECT ... FOR UPDATE; UPDATE ... WHERE version = :seen; COMMIT`: writers line up on
-   the row lock for the few hundred microseconds of the swap, and none of their writes is wasted.
-   The version check stays, so a writer that skips this path still cannot lose an update.
-   SQLite has no row locks; there the retry backs off with jitter instead.
+1. **From our own last write** (1 round trip). When this process wrote the row last, it computes
+   the next document from the remembered one and swaps straight away. Tried while such swaps have
+   mostly worked lately; every read tells exactly whether one would have (the version is still
+   ours), so the estimate stays right even while the path is not taken.
+2. **Read and swap** (2 round trips). While fewer than a third of these lose their race: a lost
+   race costs its statements again, on top of the queued path's. Their failure rate fades with
+   time, so the path is tried again once the row goes quiet.
+3. **Queued** (2 round trips, never wasted). Under contention, go straight to one short
+   transaction: `SELECT ... FOR UPDATE`, compute, `UPDATE ... WHERE version = :seen; COMMIT`.
+   Writers line up on the row lock instead of racing (the naive loop loses 65-80% of its writes
+   at N=8..16 and pays a read, a parse and a computation for each), so the 2 CPUs do only useful
+   work. No BEGIN is sent (the locking read opens the transaction) and, with PyMySQL, the COMMIT
+   travels with the UPDATE, so the row lock is held for two round trips and one computation.
+   The version check stays, so a writer on another path still cannot lose an update.
+   SQLite has no row locks: there a lost race backs off with jitter and tries again.
+
+A step that will most likely write nothing (a waiter asking again whether it may go) is read
+without the row lock whatever the contention: a locked read would hold up the writers for nothing.
+
+The engines skip every round trip that carries no work: no pre-ping, no reset on check-in, and no
+ROLLBACK after autocommit statements. On MySQL/MariaDB the lock row's statements run on the DBAPI
+cursor (see `lockman.store`).
 
 No connection, transaction or row lock is held while a *task* waits for its locks: waiting is a
 sleep between short reads (`acquire`), or, for Celery tasks, no process at all.
@@ -19,24 +32,30 @@ sleep between short reads (`acquire`), or, for Celery tasks, no process at all.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import enum
+import inspect
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from lockman.errors import LockError, LockLostError, LockTimeoutError
 from lockman.plan import LockSet, lock_set
-from lockman.store import LockStore, Snapshot
+from lockman.store import MULTI_STATEMENTS, LockStore, Snapshot
 from lockman.table import Decision, Granted, Holder, LockTable, Queued, Waiter
+from models.engine import driver_connect_args
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +64,21 @@ Prober = Callable[[Iterable[str]], set[str]]
 Step = Callable[[Snapshot, Prober], tuple[LockTable | None, T]]
 
 _RETRYABLE_MYSQL = {1205, 1213, 2006, 2013}  # lock wait timeout, deadlock, server gone, lost connection
+
+#: Swap from the remembered document while fewer than this share of such swaps would fail: a
+#: success saves a read (and the parse), a failure costs one cheap UPDATE that matched nothing.
+_MEMORY_MAX_RISK = 0.5
+#: Read-and-swap (2 round trips) while fewer than this share lose their race: a loss costs them on
+#: top of the queued path's, which wastes none. That path takes 2 round trips where the COMMIT
+#: travels with the UPDATE (PyMySQL), else 3 or 4 (PostgreSQL's driver sends its own BEGIN).
+_FRESH_MAX_RISK = {True: 0.33, False: 0.5}
+#: Guess whether a step writes anything (from the row as last seen) once this share of recent
+#: operations wrote nothing; below it the guess is not worth its CPU.
+_IDLE_HINT = 0.05
+#: Weight of the latest outcome in the smoothed rates.
+_RISK_WEIGHT = 0.3
+#: Seconds for the read-and-swap failure rate to fade by 1/e while only the queued path is used.
+_RISK_FADE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +115,46 @@ class _NeedsFreshRead(Exception):
     """A step asked the database clock or the tasks table while working from a remembered snapshot."""
 
 
+class _Outcome(enum.Enum):
+    DONE = "done"
+    IDLE = "idle"
+    LOST = "lost"
+
+
+def _no_prober(_owners: Iterable[str]) -> set[str]:
+    raise _NeedsFreshRead
+
+
 @dataclass
 class _Memory:
-    """What this process wrote last, and whether trusting it has paid off lately."""
+    """What this process wrote last, and how often each cheap way of writing has failed lately."""
 
+    #: The document as we wrote it; None once we know (or fear) that someone wrote since.
     snapshot: Snapshot | None = None
-    skip: int = 0
+    #: Smoothed failure rates (0..1) of a swap from `snapshot` and of a read-and-swap.
+    memory_risk: float = 0.0
+    fresh_risk: float = 0.0
+    #: When `fresh_risk` was last updated: it fades with time, so a quiet row is tried again.
+    fresh_at: float = 0.0
+    #: Smoothed share of operations that found nothing to write (a waiter asking again, mostly).
+    idle: float = 0.0
+    #: The row as we last read or wrote it (perhaps no longer current): to guess whether a step
+    #: will write anything.
+    seen: Snapshot | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fresh_risk_now(self, now: float) -> float:
+        return self.fresh_risk * math.exp(-max(0.0, now - self.fresh_at) / _RISK_FADE)
+
+    def learn_memory(self, failed: bool) -> None:
+        self.memory_risk += ((1.0 if failed else 0.0) - self.memory_risk) * _RISK_WEIGHT
+
+    def learn_fresh(self, failed: bool, now: float) -> None:
+        risk = self.fresh_risk_now(now)
+        self.fresh_risk, self.fresh_at = risk + ((1.0 if failed else 0.0) - risk) * _RISK_WEIGHT, now
+
+    def learn_idle(self, idle: bool) -> None:
+        self.idle += ((1.0 if idle else 0.0) - self.idle) * _RISK_WEIGHT
 
 
 class LockManager:
@@ -121,20 +188,28 @@ class LockManager:
         self._remember_writes = remember_writes
         sqlite = self.url.get_backend_name() == "sqlite"
         self._queue_on_conflict = queue_on_conflict and not sqlite
-        # Two small pools of our own: no pre-ping and no reset-on-return, which would each cost a
-        # round trip per operation. A dropped connection surfaces as an error and is retried.
-        common: dict[str, object] = {"echo": echo, "pool_pre_ping": False, "pool_reset_on_return": None}
+        # Small pools of our own: no pre-ping and no reset-on-return, which would each cost a round
+        # trip per operation. A dropped connection surfaces as an error and is retried.
+        common: dict[str, Any] = {"echo": echo, "pool_pre_ping": False, "pool_reset_on_return": None}
         if sqlite:
             common["connect_args"] = {"timeout": 30}
         else:
-            common.update(pool_size=2, max_overflow=4, pool_recycle=300)
-        self._auto: Engine = create_engine(self.url, isolation_level="AUTOCOMMIT", **common)
-        self._tx: Engine = create_engine(self.url, **common)
+            common.update(pool_size=2, max_overflow=4, pool_recycle=300, connect_args=driver_connect_args(self.url))
+        # Reads and optimistic swaps. In autocommit mode SQLAlchemy would still call the driver's
+        # rollback() at every check-in: one more round trip per operation, undoing nothing. Skip it.
+        self._auto: Engine = create_engine(self.url, isolation_level="AUTOCOMMIT", **_SKIP_ROLLBACK, **common)
+        # The queued path's short transactions. With PyMySQL they may send "UPDATE ...; COMMIT" in
+        # one round trip (see `LockStore.compare_and_swap`); only lockman's own statements run here.
+        tx_url = _with_multi_statements(self.url)
+        self._tx: Engine = create_engine(tx_url, **common)
+        self._fresh_max_risk = _FRESH_MAX_RISK[tx_url is not self.url]
+        # `fenced()` hands its connection to the caller: a plain transactional pool.
+        self._fence: Engine = create_engine(self.url, **common)
         if sqlite:
             from models.engine import _sqlite_pragmas
 
-            event.listen(self._auto, "connect", _sqlite_pragmas)
-            event.listen(self._tx, "connect", _sqlite_pragmas)
+            for engine in (self._auto, self._tx, self._fence):
+                event.listen(engine, "connect", _sqlite_pragmas)
 
     @classmethod
     def from_settings(cls, **overrides: object) -> LockManager:
@@ -149,6 +224,7 @@ class LockManager:
         """Close pooled connections (call after fork in the child, or at shutdown)."""
         self._auto.dispose()
         self._tx.dispose()
+        self._fence.dispose()
         self._forget()
 
     # ------------------------------------------------------------------ acquiring
@@ -280,7 +356,7 @@ class LockManager:
         writer can drop the grant between the check and the commit. A holder that was paused past
         its lease and lost its locks gets LockLostError, and its writes are rolled back.
         """
-        with self._tx.connect() as conn, conn.begin():
+        with self._fence.connect() as conn, conn.begin():
             yield conn
             snap = self._store.read(conn, lock="share")
             if not _still_holds(snap.table, grant):
@@ -318,50 +394,95 @@ class LockManager:
     def _mutate_once(self, step: Step[T]) -> T:
         remembered = self._remembered()
         if remembered is not None:
-            done, value = self._optimistic(step, remembered)
-            if done:
+            outcome, value = self._optimistic(step, remembered)
+            if outcome is _Outcome.DONE:
                 return value
-        done, value = self._optimistic(step, None)
-        if done:
-            return value
+            idle = outcome is _Outcome.IDLE
+        else:
+            idle = self._predicts_idle(step)
+        # A step that will most likely write nothing (a waiter asking again) reads without the row
+        # lock: a locked read would hold up the writers for a round trip, for nothing.
+        if idle or self._fresh_is_cheaper():
+            outcome, value = self._optimistic(step, None, tried_memory=remembered is not None)
+            if outcome is not _Outcome.LOST:
+                return value
         if self._queue_on_conflict:
-            return self._queued(step)
+            return self._queued(step, tried_memory=remembered is not None)
         delay = 0.001
         while True:
             time.sleep(_jitter(delay))
             delay = min(delay * 2, 0.05)
-            done, value = self._optimistic(step, None)
-            if done:
+            outcome, value = self._optimistic(step, None, tried_memory=True)
+            if outcome is not _Outcome.LOST:
                 return value
 
-    def _optimistic(self, step: Step[T], remembered: Snapshot | None) -> tuple[bool, T]:
-        with self._auto.connect() as conn:
-            snap = remembered or self._store.read(conn)
+    def _optimistic(
+        self, step: Step[T], remembered: Snapshot | None, *, tried_memory: bool = False
+    ) -> tuple[_Outcome, T]:
+        """One compare-and-swap without a lock: from the remembered document, or from a fresh read.
+
+        DONE: written, or (from a fresh read) nothing to write. IDLE: from the remembered document,
+        nothing to write or a question for the database: not known for the current row. LOST: the
+        swap lost a race.
+        """
+        if remembered is not None:
+            # Computed without a connection: the prober refuses to ask anything of a remembered row.
             try:
-                new, value = step(snap, self._prober(conn, snap))
+                new, value = step(remembered, _no_prober)
             except _NeedsFreshRead:
-                return False, None  # type: ignore[return-value]
+                return _Outcome.IDLE, None  # type: ignore[return-value]
             if new is None:
                 # "Nothing to write" is only true of the current row, not of a remembered one.
-                return remembered is None, value
+                return _Outcome.IDLE, value
+            snap = remembered
             self.stats.cas_attempts += 1
-            if self._store.compare_and_swap(conn, new, snap.version):
-                self._remember(new, snap.version + 1, cached=remembered is not None)
-                return True, value
+            with self._auto.connect() as conn:
+                swapped = self._store.compare_and_swap(conn, new, snap.version)
+        else:
+            with self._auto.connect() as conn:
+                snap = self._store.read(conn)
+                self._observe(snap, tried_memory=tried_memory)
+                new, value = step(snap, self._prober(conn, snap))
+                if new is None:
+                    self._learn_idle(True)
+                    return _Outcome.DONE, value
+                self.stats.cas_attempts += 1
+                swapped = self._store.compare_and_swap(conn, new, snap.version)
+        self._learn(cached=remembered is not None, failed=not swapped)
+        if swapped:
+            self._remember(new, snap.version + 1, cached=remembered is not None)
+            return _Outcome.DONE, value
         self.stats.cas_conflicts += 1
-        self._missed(cached=remembered is not None)
-        return False, None  # type: ignore[return-value]
+        with self._memory.lock:
+            self._memory.snapshot = None
+        return _Outcome.LOST, None  # type: ignore[return-value]
 
-    def _queued(self, step: Step[T]) -> T:
+    def _queued(self, step: Step[T], *, tried_memory: bool = False) -> T:
+        """One short transaction: lock the row, compute, swap (still `WHERE version = :seen`), commit.
+
+        Writers line up on the row lock for the length of one swap instead of racing, and none of
+        their writes is wasted. Three statements and no more: the driver opens the transaction
+        with the SELECT ... FOR UPDATE (no BEGIN is sent), and with PyMySQL the COMMIT travels with
+        the UPDATE, so the row lock is held for two round trips and our computation in between.
+        """
         self.stats.queued_writes += 1
-        with self._tx.connect() as conn, conn.begin():
-            snap = self._store.read(conn, lock="update")
-            new, value = step(snap, self._prober(conn, snap))
-            if new is None:
-                return value
-            self.stats.cas_attempts += 1
-            if not self._store.compare_and_swap(conn, new, snap.version):
-                raise LockError(f"lock row {self.row_id!r} changed while locked FOR UPDATE")
+        with self._tx.connect() as conn:
+            try:
+                snap = self._store.read(conn, lock="update")
+                self._observe(snap, tried_memory=tried_memory, locked=True)
+                new, value = step(snap, self._prober(conn, snap))
+                if new is None:
+                    self._store.finish(conn, commit=False)
+                    self._learn_idle(True)
+                    return value
+                self.stats.cas_attempts += 1
+                swapped = self._store.compare_and_swap(conn, new, snap.version, commit=True)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._store.finish(conn, commit=False)
+                raise
+        if not swapped:
+            raise LockError(f"lock row {self.row_id!r} changed while locked FOR UPDATE")
         self._remember(new, snap.version + 1, cached=False)
         return value
 
@@ -378,33 +499,80 @@ class LockManager:
         with self._auto.connect() as conn:
             return self._store.version(conn)
 
-    # ------------------------------------------------------------------ remembered writes
+    # ------------------------------------------------------------------ choosing the path
 
     def _remembered(self) -> Snapshot | None:
+        """Our last write, when swapping from it has mostly worked lately."""
         if not self._remember_writes:
             return None
-        with self._memory.lock:
-            if self._memory.skip:
-                self._memory.skip -= 1
+        mem = self._memory
+        with mem.lock:
+            if mem.snapshot is None or mem.memory_risk >= _MEMORY_MAX_RISK:
                 return None
-            return self._memory.snapshot
+            return mem.snapshot
+
+    def _fresh_is_cheaper(self) -> bool:
+        if not self._queue_on_conflict:
+            return True
+        mem = self._memory
+        with mem.lock:
+            return mem.fresh_risk_now(time.monotonic()) < self._fresh_max_risk
+
+    def _observe(self, snap: Snapshot, *, tried_memory: bool, locked: bool = False) -> None:
+        """A read saw the row at `snap.version`. That tells, exactly, whether a swap from our last
+        write would have worked (nobody wrote since); a locked read that finds the row as we left it
+        also says that a read-and-swap would have."""
+        mem = self._memory
+        with mem.lock:
+            mem.seen = snap
+            if mem.snapshot is None:
+                return
+            untouched = mem.snapshot.version == snap.version
+            if not tried_memory:
+                mem.learn_memory(failed=not untouched)
+            if locked and untouched:
+                mem.learn_fresh(failed=False, now=time.monotonic())
+            if not untouched:
+                mem.snapshot = None
+
+    def _predicts_idle(self, step: Step[Any]) -> bool:
+        """Whether `step` writes nothing on the row as we last saw it (tried only when such steps
+        have been common lately: a waiter that asks again, mostly)."""
+        mem = self._memory
+        with mem.lock:
+            seen, idle = mem.seen, mem.idle
+        if seen is None or idle < _IDLE_HINT:
+            return False
+        try:
+            new, _value = step(seen, _no_prober)
+        except _NeedsFreshRead:
+            return True  # blocked: it would ask who of its blockers is dead
+        except LockError:
+            return False
+        return new is None
+
+    def _learn(self, *, cached: bool, failed: bool) -> None:
+        mem = self._memory
+        with mem.lock:
+            if cached:
+                mem.learn_memory(failed)
+            else:
+                mem.learn_fresh(failed, time.monotonic())
+
+    def _learn_idle(self, idle: bool) -> None:
+        with self._memory.lock:
+            self._memory.learn_idle(idle)
 
     def _remember(self, table: LockTable, version: int, *, cached: bool) -> None:
         if cached:
             self.stats.cached_writes += 1
         with self._memory.lock:
-            self._memory.snapshot = Snapshot(table, version, None)
-
-    def _missed(self, *, cached: bool) -> None:
-        with self._memory.lock:
-            self._memory.snapshot = None
-            if cached:
-                # Others write too: stop guessing for a while, a fresh read is cheaper than a lost race.
-                self._memory.skip = 16
+            self._memory.snapshot = self._memory.seen = Snapshot(table, version, None)
+            self._memory.learn_idle(False)
 
     def _forget(self) -> None:
         with self._memory.lock:
-            self._memory.snapshot = None
+            self._memory.snapshot = self._memory.seen = None
 
     def _withdraw_quietly(self, owner: str) -> None:
         try:
@@ -415,6 +583,22 @@ class LockManager:
     def _log_eviction(self, owners: set[str]) -> None:
         self.stats.evicted += len(owners)
         logger.warning("lock row %s: dropping dead owners %s", self.row_id, ", ".join(sorted(owners)))
+
+
+#: `skip_autocommit_rollback` came with SQLAlchemy 2.0.43; older versions pay the extra round trip.
+_SKIP_ROLLBACK: dict[str, Any] = (
+    {"skip_autocommit_rollback": True}
+    if "skip_autocommit_rollback" in inspect.signature(DefaultDialect.__init__).parameters
+    else {}
+)
+
+
+def _with_multi_statements(url: URL) -> URL:
+    """For PyMySQL, let the connection send several statements in one round trip."""
+    if url.get_backend_name() not in ("mysql", "mariadb") or url.get_driver_name() != "pymysql":
+        return url
+    flag = int(str(url.query.get("client_flag", 0))) | MULTI_STATEMENTS
+    return url.update_query_dict({"client_flag": str(flag)})
 
 
 def _as_lockset(plan: Mapping[str, object] | LockSet) -> LockSet:

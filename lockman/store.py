@@ -1,18 +1,29 @@
 """The thin database layer: read the lock row, compare-and-swap it, judge owners alive or dead.
 
-Everything here is one SQL statement; the loops and strategy live in `lockman.manager`.
+Everything here is one SQL statement (or one round trip); the loops and strategy live in
+`lockman.manager`.
+
+On MySQL/MariaDB through PyMySQL, the default, the lock row's hot statements (read, locked read,
+compare-and-swap) skip SQLAlchemy's execution layer: they are compiled once from the same
+SQLAlchemy constructs and run on the connection's DBAPI cursor, which saves about a tenth of a
+millisecond of CPU per statement; and a swap that ends a locked transaction carries its COMMIT in
+the same round trip when the connection allows multiple statements. Other backends take the plain
+SQLAlchemy path, with the same SQL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import functools
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Dialect, Executable, Table, bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 
-from lockman.errors import LockRowMissingError
+from lockman.errors import LockDocumentError, LockRowMissingError
 from lockman.table import LockTable
 from models import FINAL_STATES, PROCESSLESS_STATES, LockRow, Task, db_utcnow
 
@@ -28,6 +39,12 @@ class Snapshot:
     now: dt.datetime | None
 
 
+Lock = Literal["update", "share"] | None
+
+#: PyMySQL's CLIENT.MULTI_STATEMENTS capability bit.
+MULTI_STATEMENTS = 1 << 16
+
+
 class LockStore:
     """SQL for one lock row, identified by `row_id`."""
 
@@ -35,17 +52,30 @@ class LockStore:
         self.row_id = row_id
         self._select = select(_locks.c.data, _locks.c.version, db_utcnow()).where(_locks.c.id == row_id)
         self._select_version = select(_locks.c.version).where(_locks.c.id == row_id)
+        # Built once: a statement object reused is compiled once and found in the cache by identity.
+        self._cas = (
+            update(_locks)
+            .where(_locks.c.id == row_id, _locks.c.version == bindparam("seen"))
+            .values(data=bindparam("data", type_=_locks.c.data.type), version=_locks.c.version + 1)
+        )
+        self._reads: dict[Lock, Executable] = {
+            None: self._select,
+            "update": self._select.with_for_update(),
+            "share": self._select.with_for_update(read=True),
+        }
+        self._fast_by_dialect: dict[Dialect, _DriverSQL | None] = {}
 
-    def read(self, conn: Connection, *, lock: Literal["update", "share"] | None = None) -> Snapshot:
-        stmt = self._select
-        if lock == "update":
-            stmt = stmt.with_for_update()
-        elif lock == "share":
-            stmt = stmt.with_for_update(read=True)
-        row = conn.execute(stmt).one_or_none()
+    def read(self, conn: Connection, *, lock: Lock = None) -> Snapshot:
+        fast = self._fast(conn)
+        try:
+            row = conn.execute(self._reads[lock]).one_or_none() if fast is None else fast.fetch_one(conn, lock)
+        except ValueError as err:  # the driver's JSON decoding: only SQLite lets non-JSON text in
+            raise LockDocumentError(self.row_id, f"not JSON: {err}") from err
         if row is None:
             raise LockRowMissingError(f"lock row {self.row_id!r} does not exist: run `boxtasks db upgrade`")
         data, version, now = row
+        if fast is not None:
+            data = fast.decode(data)
         return Snapshot(LockTable.from_json(data, row_id=self.row_id), int(version), _naive(now))
 
     def version(self, conn: Connection) -> int:
@@ -54,14 +84,50 @@ class LockStore:
             raise LockRowMissingError(f"lock row {self.row_id!r} does not exist: run `boxtasks db upgrade`")
         return int(value)
 
-    def compare_and_swap(self, conn: Connection, table: LockTable, seen: int) -> bool:
-        """Write `table` only if the row is still at version `seen`; True when one row matched."""
-        result = conn.execute(
-            update(_locks)
-            .where(_locks.c.id == self.row_id, _locks.c.version == seen)
-            .values(data=table.to_json(), version=_locks.c.version + 1)
-        )
-        return result.rowcount == 1
+    def compare_and_swap(self, conn: Connection, table: LockTable, seen: int, *, commit: bool = False) -> bool:
+        """Write `table` only if the row is still at version `seen`; True when one row matched.
+
+        With `commit`, also commit the connection's transaction (the one a locked `read` opened),
+        in the same round trip where the driver allows it.
+        """
+        fast = self._fast(conn)
+        if fast is None:
+            swapped = conn.execute(self._cas, {"seen": seen, "data": table.to_json()}).rowcount == 1
+            if commit:
+                conn.commit()
+            return swapped
+        # SQLAlchemy knows of the transaction only when a statement of its own ran in it (the
+        # dead-owner probe); then it ends it, or it would send a ROLLBACK of its own at check-in.
+        together = commit and not conn.in_transaction()
+        swapped = fast.swap(conn, table.to_json(), seen, commit=together)
+        if commit and not together:
+            conn.commit()
+        return swapped
+
+    def finish(self, conn: Connection, *, commit: bool) -> None:
+        """End the transaction that a locked `read` opened on `conn`."""
+        if self._fast(conn) is None or conn.in_transaction():
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+            return
+        dbapi_conn = conn.connection.dbapi_connection
+        assert dbapi_conn is not None
+        with _translated(conn, "COMMIT" if commit else "ROLLBACK"):
+            if commit:
+                dbapi_conn.commit()
+            else:
+                dbapi_conn.rollback()
+
+    def _fast(self, conn: Connection) -> _DriverSQL | None:
+        dialect = conn.dialect
+        try:
+            return self._fast_by_dialect[dialect]
+        except KeyError:
+            fast = _DriverSQL(self, dialect) if _DriverSQL.supports(dialect) else None
+            self._fast_by_dialect[dialect] = fast
+            return fast
 
     def ensure_row(self, conn: Connection) -> None:
         """Create the row when missing (a lock space other than the migrated `main`)."""
@@ -85,17 +151,18 @@ class LockStore:
         wanted = set(owners)
         if not wanted:
             return set()
-        rows = conn.execute(
-            select(_tasks.c.id, _tasks.c.state, _tasks.c.heartbeat_at).where(_tasks.c.id.in_(sorted(wanted)))
-        ).all()
-        found = {r.id: r for r in rows}
+        ordered = sorted(wanted)
+        stmt, values = _tasks_of(len(ordered)), {f"o{i}": o for i, o in enumerate(ordered)}
+        fast = self._fast(conn)
+        rows = fast.fetch_all(conn, stmt, values) if fast else [tuple(r) for r in conn.execute(stmt, values)]
+        found = {owner: (state, beat) for owner, state, beat in rows}
         dead = wanted - set(found)
-        for owner, row in found.items():
-            if row.state in FINAL_STATES:
+        for owner, (state, heartbeat_at) in found.items():
+            if state in FINAL_STATES:
                 dead.add(owner)
                 continue
-            needs_heartbeat = owner in holders or row.state not in PROCESSLESS_STATES
-            beat = _naive(row.heartbeat_at)
+            needs_heartbeat = owner in holders or state not in PROCESSLESS_STATES
+            beat = _naive(heartbeat_at)
             if needs_heartbeat and (beat is None or beat + lease < now):
                 dead.add(owner)
         return dead
@@ -105,6 +172,131 @@ class LockStore:
         """Stamp the owner's task with the database clock; False when the task row is missing."""
         result = conn.execute(update(_tasks).where(_tasks.c.id == owner).values(heartbeat_at=db_utcnow()))
         return result.rowcount == 1
+
+
+@functools.lru_cache(maxsize=64)
+def _tasks_of(count: int) -> Executable:
+    """The liveness query for `count` owners, bound as o0, o1, ... (one statement object per count)."""
+    ids = [bindparam(f"o{i}", type_=_tasks.c.id.type) for i in range(count)]
+    return select(_tasks.c.id, _tasks.c.state, _tasks.c.heartbeat_at).where(_tasks.c.id.in_(ids))
+
+
+class _DriverSQL:
+    """The lock row's statements compiled once for one dialect and run on the DBAPI cursor."""
+
+    @staticmethod
+    def supports(dialect: Dialect) -> bool:
+        return dialect.name in ("mysql", "mariadb") and dialect.driver == "pymysql"
+
+    def __init__(self, store: LockStore, dialect: Dialect) -> None:
+        self.row_id = store.row_id
+        self._dialect = dialect
+        self._other: dict[Executable, _Compiled] = {}
+        self._reads = {lock: _Compiled(stmt, dialect) for lock, stmt in store._reads.items()}
+        self._cas = _Compiled(store._cas, dialect)
+        # The document goes into the statement as a hex literal: PyMySQL escapes a string parameter
+        # character by character (about 60 us for a 2 KB document, inside the critical section),
+        # while hex is made at C speed and, being only [0-9a-f], needs no escaping at all.
+        self._cas_head, self._cas_tail = self._cas.sql.split("%(data)s")
+        self._cas_fixed = {name: value for name, value in self._cas.args({}).items() if name != "data"}
+        json_deserializer = getattr(dialect, "_json_deserializer", None)
+        json_serializer = getattr(dialect, "_json_serializer", None)
+        self._loads = json_deserializer or json.loads
+        self._dumps = json_serializer or json.dumps
+
+    def fetch_all(self, conn: Connection, stmt: Executable, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        compiled = self._other.get(stmt)
+        if compiled is None:
+            if len(self._other) >= 64:
+                self._other.clear()
+            compiled = self._other[stmt] = _Compiled(stmt, self._dialect)
+        with _translated(conn, compiled.sql) as cursor:
+            cursor.execute(compiled.sql, compiled.args(values))
+            return [tuple(row) for row in cursor.fetchall()]
+
+    def fetch_one(self, conn: Connection, lock: Lock) -> tuple[Any, ...] | None:
+        stmt = self._reads[lock]
+        with _translated(conn, stmt.sql) as cursor:
+            cursor.execute(stmt.sql, stmt.args({}))
+            row = cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    def swap(self, conn: Connection, doc: Mapping[str, Any], seen: int, *, commit: bool) -> bool:
+        text = self._dumps(doc)
+        literal = "CONVERT(X'" + text.encode("utf-8").hex() + "' USING utf8mb4)"
+        sql = self._cas_head + literal + self._cas_tail
+        dbapi_conn = conn.connection.dbapi_connection
+        together = commit and bool(getattr(dbapi_conn, "client_flag", 0) & MULTI_STATEMENTS)
+        if together:
+            sql += "; COMMIT"
+        with _translated(conn, sql) as cursor:
+            matched = cursor.execute(sql, {**self._cas_fixed, "seen": seen})
+            if together:
+                while cursor.nextset():  # the COMMIT's result; an error in it raises here
+                    pass
+            elif commit:
+                assert dbapi_conn is not None
+                dbapi_conn.commit()
+        return bool(matched == 1)
+
+    def decode(self, data: Any) -> Any:
+        if isinstance(data, bytes):
+            data = data.decode()
+        if not isinstance(data, str):
+            return data
+        try:
+            return self._loads(data)
+        except ValueError as err:
+            raise LockDocumentError(self.row_id, f"not JSON: {err}") from err
+
+
+class _Compiled:
+    """One statement's SQL for a `pyformat` driver, with its fixed values (the row id) bound once."""
+
+    def __init__(self, stmt: Executable, dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+        assert not compiled.positional, "named (pyformat) parameters expected"
+        self.sql: str = compiled.string
+        # The values bound in the statement itself; those given per call (None here) come in `args`.
+        self._fixed: dict[str, Any] = dict(compiled.construct_params(_check=False))
+
+    def args(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {**self._fixed, **values}
+
+
+class _translated:
+    """A DBAPI cursor on `conn`'s connection; driver errors become SQLAlchemy's, as on the usual path
+    (and a dropped connection is invalidated, so that the pool does not hand it out again)."""
+
+    def __init__(self, conn: Connection, sql: str) -> None:
+        self.conn, self.sql = conn, sql
+        self.cursor: Any = None
+
+    def __enter__(self) -> Any:
+        dbapi_conn = self.conn.connection.dbapi_connection
+        assert dbapi_conn is not None
+        self.cursor = dbapi_conn.cursor()
+        return self.cursor
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, _tb: object) -> None:
+        cursor, self.cursor = self.cursor, None
+        if cursor is not None:
+            try:
+                cursor.close()
+            except Exception:
+                if err is None:
+                    raise
+        dialect = self.conn.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        if err is None or not isinstance(err, dbapi_error):
+            return
+        dbapi_conn = self.conn.connection.dbapi_connection
+        invalidated = dialect.is_disconnect(err, dbapi_conn, cursor)
+        if invalidated:
+            self.conn.invalidate(err)
+        raise DBAPIError.instance(
+            self.sql, None, err, dbapi_error, connection_invalidated=invalidated, dialect=dialect
+        ) from err
 
 
 def _naive(value: dt.datetime | str | None) -> dt.datetime | None:

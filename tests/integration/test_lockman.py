@@ -4,7 +4,6 @@ on the database clock, fencing, and what it does with a damaged or missing lock 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -454,12 +453,6 @@ def test_a_hand_edited_row_is_refused_and_left_alone(steady: LockManager, engine
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason="BUG in lockman/store.py (not ours to edit): LockStore.read lets the driver's JSON decoding fail "
-    "with a bare JSONDecodeError instead of LockDocumentError naming the row; remove this marker once fixed",
-)
 def test_a_row_that_is_not_json_at_all_is_refused_naming_the_row(steady: LockManager, engine: Engine) -> None:
     """Only SQLite lets non-JSON text into the JSON column (MariaDB and PostgreSQL check it on write)."""
     with engine.begin() as conn:

@@ -107,7 +107,7 @@ _FIELDS = [name for name in Settings.model_fields if name != "data_dir"]
 
 @given(
     field=st.sampled_from(_FIELDS),
-    value=st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=20),
+    value=st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20),
 )
 @settings(max_examples=150, deadline=None)
 def test_any_value_loads_or_is_refused_in_one_line(field: str, value: str) -> None:
