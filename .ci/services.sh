@@ -11,6 +11,18 @@ wait_port() {  # host port seconds
 }
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# tests/faults runs private MariaDB and RabbitMQ servers of its own (it never restarts the shared
+# ones) and mounts a small ext4 image: their programs must be here even where the services run elsewhere.
+missing=()
+{ [ -x /usr/bin/mariadb-install-db ] && [ -x /usr/sbin/mariadbd ]; } || missing+=(mariadb-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "services: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; } >/dev/null || echo "services: could not install ${missing[*]}" >&2
+fi
+
 if ! up 3306; then
   echo "services: starting MariaDB"
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql || true

@@ -204,7 +204,9 @@ class LockManager:
         self._tx: Engine = create_engine(tx_url, **common)
         self._fresh_max_risk = _FRESH_MAX_RISK[tx_url is not self.url]
         # `fenced()` hands its connection to the caller: a plain transactional pool.
-        self._fence: Engine = create_engine(self.url, **common)
+        # Fenced writes are not the hot path, and their connection is handed to the caller: ping it,
+        # so one the server closed while idle (wait_timeout, a restart) is replaced, not failed.
+        self._fence: Engine = create_engine(self.url, **{**common, "pool_pre_ping": True})
         if sqlite:
             from models.engine import _sqlite_pragmas
 

@@ -5,12 +5,28 @@ Workers load them with `celery -A tasks worker -I tests.e2e.kinds`.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, select, update
+
+from config import get_settings
 from tasks.locking import locked_task
 from tasks.runner import RunContext
+
+#: A table of the fault tests (created by them, not by the migrations): counters written only
+#: through `ctx.fenced()`, with the ids of the tasks that wrote them.
+counters = Table(
+    "fault_counters",
+    MetaData(),
+    Column("name", String(64), primary_key=True),
+    Column("value", Integer, nullable=False, default=0),
+    Column("writers", Text, nullable=False, default=""),
+)
 
 
 def _work(ctx: RunContext, seconds: float, label: str) -> dict[str, Any]:
@@ -56,3 +72,44 @@ def t_stubborn(ctx: RunContext, *, app_id: str, seconds: float = 60.0) -> dict[s
     """Stands for a task stuck where SIGTERM cannot reach it: only SIGKILL ends it."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return _work(ctx, seconds, f"stubborn {app_id}")
+
+
+def trace_file(app_id: str) -> Path:
+    """Where `t_traced` logs the spans of its bodies on app `app_id`."""
+    return get_settings().resolved_data_dir / "traces" / f"{app_id}.jsonl"
+
+
+@locked_task(kind="t_traced", plan={"platform": "S", "app:{app_id}": "X"}, queue="apptask")
+def t_traced(ctx: RunContext, *, app_id: str, seconds: float = 0.0) -> dict[str, Any]:
+    """`t_app` that logs its body's span even when the body fails: two spans that overlap are a double grant."""
+    start = time.time()
+    try:
+        return _work(ctx, seconds, f"traced {app_id}")
+    finally:
+        path = trace_file(app_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"task": ctx.task_id, "pid": os.getpid(), "start": start, "end": time.time()}) + "\n"
+        with open(path, "a") as f:  # one short append per line: lines of several processes do not mix
+            f.write(line)
+
+
+@locked_task(kind="t_fenced_count", plan={"platform": "S", "app:{app_id}": "X"}, queue="apptask")
+def t_fenced_count(ctx: RunContext, *, app_id: str, counter: str = "", seconds: float = 0.0) -> dict[str, Any]:
+    """Read a counter (by default the one named after the app), work `seconds`, write it back plus one,
+    through `ctx.fenced()` both times.
+
+    Two tasks that held the app at once would lose an update; a holder that lost its locks while it
+    worked must be refused its write (LockLostError), and nothing of it is committed.
+    """
+    counter = counter or app_id
+    with ctx.fenced() as conn:
+        seen = conn.execute(select(counters.c.value).where(counters.c.name == counter)).scalar_one()
+    ctx.progress(10, f"read {counter} = {seen}")
+    time.sleep(seconds)
+    with ctx.fenced() as conn:
+        conn.execute(
+            update(counters)
+            .where(counters.c.name == counter)
+            .values(value=seen + 1, writers=counters.c.writers + f"{ctx.task_id} ")
+        )
+    return {"seen": seen, "wrote": seen + 1}
