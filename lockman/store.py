@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from lockman.errors import LockDocumentError, LockRowMissingError
 from lockman.table import LockTable
-from models import FINAL_STATES, PROCESSLESS_STATES, LockRow, Task, db_utcnow
+from models import FINAL_STATES, PROCESSLESS_STATES, LockRow, Task, db_utcnow, liveness
 
 _locks: Table = LockRow.__table__  # type: ignore[assignment]
 _tasks: Table = Task.__table__  # type: ignore[assignment]
@@ -143,7 +143,8 @@ class LockStore:
         now: dt.datetime,
         lease: dt.timedelta,
     ) -> set[str]:
-        """Owners whose task is gone, finished, or (for one that runs or holds) silent past the lease.
+        """Owners whose task is gone, finished, or (for one that runs or holds) silent past the lease
+        (`models.liveness`: the database's own downtime does not count as silence).
 
         A task that is queued or waiting has no process and so no heartbeat; as a waiter it lives
         until it ends. A holder always needs a fresh heartbeat, however long it has held.
@@ -157,6 +158,7 @@ class LockStore:
         rows = fast.fetch_all(conn, stmt, values) if fast else [tuple(r) for r in conn.execute(stmt, values)]
         found = {owner: (state, beat) for owner, state, beat in rows}
         dead = wanted - set(found)
+        silent: dict[str, dt.datetime | None] = {}
         for owner, (state, heartbeat_at) in found.items():
             if state in FINAL_STATES:
                 dead.add(owner)
@@ -164,8 +166,24 @@ class LockStore:
             needs_heartbeat = owner in holders or state not in PROCESSLESS_STATES
             beat = _naive(heartbeat_at)
             if needs_heartbeat and (beat is None or beat + lease < now):
-                dead.add(owner)
+                silent[owner] = beat
+        if silent:
+            # Rare, so asked only now: was the database itself down for part of that silence?
+            started = self._server_started(conn, now)
+            dead.update(
+                owner
+                for owner, beat in silent.items()
+                if liveness.silent_too_long(beat, now=now, lease=lease, server_started=started)
+            )
         return dead
+
+    def _server_started(self, conn: Connection, now: dt.datetime) -> dt.datetime | None:
+        stmt = liveness.server_start_query(conn.dialect.name)
+        if stmt is None:
+            return None
+        fast = self._fast(conn)
+        rows = fast.fetch_all(conn, stmt, {}) if fast else [tuple(r) for r in conn.execute(stmt)]
+        return liveness.started_from(conn.dialect.name, rows, now)
 
     @staticmethod
     def heartbeat(conn: Connection, owner: str) -> bool:
@@ -299,12 +317,4 @@ class _translated:
         ) from err
 
 
-def _naive(value: dt.datetime | str | None) -> dt.datetime | None:
-    """UTC as a naive datetime, whatever the driver returned."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value
+_naive = liveness.naive_utc

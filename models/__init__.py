@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from models import liveness
 from models.app import App, AppAddon, PortBinding, PortReservation
 from models.backup import Archive, Backup
 from models.base import Base
@@ -38,6 +39,7 @@ __all__ = [
     "TaskState",
     # database
     "db_utcnow",
+    "liveness",
     "dispose_after_fork",
     "get_engine",
     "make_engine",

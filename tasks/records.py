@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, Table, func, insert, select, update
 
-from models import FINAL_STATES, Task, TaskState, db_utcnow
+from models import FINAL_STATES, Task, TaskState, db_utcnow, liveness
 
 _tasks: Table = Task.__table__  # type: ignore[assignment]
 _FINAL = tuple(s.value for s in FINAL_STATES)
@@ -199,14 +199,18 @@ def running_on(engine: Engine, worker: str) -> list[str]:
 
 
 def stale_running(engine: Engine, lease: dt.timedelta) -> list[str]:
-    """Running tasks whose heartbeat is older than the lease, on the database clock."""
+    """Running tasks silent for longer than the lease, on the database clock (`models.liveness`)."""
     with engine.connect() as conn:
-        now = conn.execute(select(db_utcnow())).scalar_one()
+        now = _naive(conn.execute(select(db_utcnow())).scalar_one())
         rows = conn.execute(
             select(_tasks.c.id, _tasks.c.heartbeat_at).where(_tasks.c.state == TaskState.RUNNING.value)
         ).all()
-    now = _naive(now)
-    return [r.id for r in rows if r.heartbeat_at is None or _naive(r.heartbeat_at) + lease < now]
+        beats = [(r.id, liveness.naive_utc(r.heartbeat_at)) for r in rows]
+        silent = [(i, beat) for i, beat in beats if beat is None or beat + lease < now]
+        if not silent:
+            return []
+        started = liveness.server_started_at(conn, now)
+    return [i for i, beat in silent if liveness.silent_too_long(beat, now=now, lease=lease, server_started=started)]
 
 
 def waiting(engine: Engine, task_ids: Sequence[str] | None = None) -> Sequence[Any]:
@@ -219,15 +223,17 @@ def waiting(engine: Engine, task_ids: Sequence[str] | None = None) -> Sequence[A
         return conn.execute(stmt).all()
 
 
-def heartbeat_is_fresh(row: Row[Any], lease: dt.timedelta) -> bool:
-    beat = _naive(row.heartbeat_at)
-    now = _naive(row.db_now)
-    return beat is not None and now is not None and beat + lease >= now
+def heartbeat_is_fresh(engine: Engine, row: Row[Any], lease: dt.timedelta) -> bool:
+    """Whether the task of `row` (read by `get`) counts as alive (`models.liveness`)."""
+    beat, now = liveness.naive_utc(row.heartbeat_at), _naive(row.db_now)
+    if beat is not None and beat + lease >= now:
+        return True
+    with engine.connect() as conn:
+        started = liveness.server_started_at(conn, now)
+    return not liveness.silent_too_long(beat, now=now, lease=lease, server_started=started)
 
 
 def _naive(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value is not None and value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value  # type: ignore[no-any-return]
+    naive = liveness.naive_utc(value)
+    assert naive is not None, "a timestamp the database filled in"
+    return naive

@@ -38,6 +38,9 @@ Waker = Callable[[Sequence[str]], object]
 
 T = TypeVar("T")
 
+#: Seconds between heartbeat attempts while they fail.
+_HEARTBEAT_RETRY = 1.0
+
 
 class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
@@ -148,11 +151,16 @@ class _Heartbeat(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        while not self._stopped.wait(self._interval):
+        wait = self._interval
+        while not self._stopped.wait(wait):
             try:
                 self._manager.heartbeat(self._task_id)
-            except Exception:  # a blip must not kill the beat; the lease tolerates a missed one
+                wait = self._interval
+            except Exception:  # a blip must not kill the beat
+                # Try again soon: a database that was down gives a holder one lease from its restart
+                # to beat again (`models.liveness`), not one lease from the last beat.
                 logger.warning("heartbeat of task %s failed", self._task_id, exc_info=True)
+                wait = min(self._interval, _HEARTBEAT_RETRY)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -283,7 +291,7 @@ def _not_claimed(rt: Runtime, task_id: str, row: Any) -> RunResult:
         return RunResult(Outcome.SKIPPED, message="no task row")
     if row.state in {s.value for s in FINAL_STATES}:
         return RunResult(Outcome.SKIPPED, message=f"already {row.state}")
-    if row.state == TaskState.RUNNING.value and records.heartbeat_is_fresh(row, rt.lease):
+    if row.state == TaskState.RUNNING.value and records.heartbeat_is_fresh(rt.engine, row, rt.lease):
         logger.warning("task %s runs on %s pid %s: not starting a second copy", task_id, row.worker, row.pid)
         return RunResult(Outcome.SKIPPED, message="another copy is alive")
     if row.state == TaskState.RUNNING.value:
