@@ -188,8 +188,12 @@ class LockStore:
     @staticmethod
     def heartbeat(conn: Connection, owner: str) -> bool:
         """Stamp the owner's task with the database clock; False when the task row is missing."""
-        result = conn.execute(update(_tasks).where(_tasks.c.id == owner).values(heartbeat_at=db_utcnow()))
+        result = conn.execute(_HEARTBEAT, {"owner": owner})
         return result.rowcount == 1
+
+
+#: Built once (every running task sends one every few seconds).
+_HEARTBEAT = update(_tasks).where(_tasks.c.id == bindparam("owner")).values(heartbeat_at=db_utcnow())
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,13 +13,56 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, func, insert, select, update
+from sqlalchemy import Engine, Row, Table, bindparam, func, insert, select, update
 
 from models import FINAL_STATES, Task, TaskState, db_utcnow, liveness
 
 _tasks: Table = Task.__table__  # type: ignore[assignment]
 _FINAL = tuple(s.value for s in FINAL_STATES)
 _CLAIMABLE = (TaskState.QUEUED.value, TaskState.WAITING.value)
+
+
+def _param(name: str, column: str) -> Any:
+    return bindparam(name, type_=_tasks.c[column].type)
+
+
+# The hot statements (every task runs each once or more) are built once, with bound parameters:
+# a statement built per call costs more CPU in SQLAlchemy than its round trip to the database.
+_INSERT = insert(_tasks)
+_BY_ID = _tasks.c.id == bindparam("task_id")
+_CLAIM_VALUES = {
+    "state": TaskState.RUNNING.value,
+    "worker": _param("worker", "worker"),
+    "pid": _param("pid", "pid"),
+    "heartbeat_at": db_utcnow(),
+    "started_at": func.coalesce(_tasks.c.started_at, db_utcnow()),
+    "message": "Starting",
+}
+_CLAIMED = update(_tasks).where(_BY_ID, _tasks.c.state.in_(_CLAIMABLE), _tasks.c.stop_requested_at.is_(None))
+#: With and without the record of the lock plan (JSON: a bound None would be stored as `null`).
+_CLAIM = {
+    True: _CLAIMED.values(**_CLAIM_VALUES, locks=_param("locks", "locks")),
+    False: _CLAIMED.values(**_CLAIM_VALUES),
+}
+_PROGRESS = (
+    update(_tasks)
+    .where(_BY_ID, _tasks.c.state == TaskState.RUNNING.value)
+    .values(percent=_param("percent", "percent"), message=_param("message", "message"))
+)
+_FINISH_VALUES = {
+    "state": _param("state", "state"),
+    "message": _param("message", "message"),
+    "finished_at": db_utcnow(),
+    "locks": _param("locks", "locks"),
+    "error": func.coalesce(_param("error", "error"), _tasks.c.error),
+}
+_FINISH = {
+    # Only a success sets percent and result: a failed task keeps the percent it reached.
+    True: update(_tasks)
+    .where(_BY_ID, _tasks.c.state.not_in(_FINAL))
+    .values(**_FINISH_VALUES, percent=100, result=_param("result", "result")),
+    False: update(_tasks).where(_BY_ID, _tasks.c.state.not_in(_FINAL)).values(**_FINISH_VALUES),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +83,18 @@ def create(
     task_id = task_id or new_task_id()
     with engine.begin() as conn:
         conn.execute(
-            insert(_tasks).values(
-                id=task_id,
-                type=kind,
-                queue=queue,
-                args=args,
-                app_id=app_id,
-                state=TaskState.QUEUED.value,
-                percent=0,
-                message="Queued",
-                locks={},
-            )
+            _INSERT,
+            {
+                "id": task_id,
+                "type": kind,
+                "queue": queue,
+                "args": args,
+                "app_id": app_id,
+                "state": TaskState.QUEUED.value,
+                "percent": 0,
+                "message": "Queued",
+                "locks": {},
+            },
         )
     return task_id
 
@@ -65,22 +109,11 @@ def claim(engine: Engine, task_id: str, *, worker: str, pid: int, plan: dict[str
 
     One UPDATE (one commit) when it wins; the row is read only when it loses, to say why.
     """
-    values: dict[str, Any] = {
-        "state": TaskState.RUNNING.value,
-        "worker": worker,
-        "pid": pid,
-        "heartbeat_at": db_utcnow(),
-        "started_at": func.coalesce(_tasks.c.started_at, db_utcnow()),
-        "message": "Starting",
-    }
+    values: dict[str, Any] = {"task_id": task_id, "worker": worker, "pid": pid}
     if plan is not None:
         values["locks"] = {"plan": plan}
     with engine.begin() as conn:
-        result = conn.execute(
-            update(_tasks)
-            .where(_tasks.c.id == task_id, _tasks.c.state.in_(_CLAIMABLE), _tasks.c.stop_requested_at.is_(None))
-            .values(**values)
-        )
+        result = conn.execute(_CLAIM[plan is not None], values)
     if result.rowcount == 1:
         return Claim(True, None)
     return Claim(False, get(engine, task_id))
@@ -107,11 +140,7 @@ def set_message(engine: Engine, task_id: str, message: str, *, locks: dict[str, 
 
 def progress(engine: Engine, task_id: str, percent: int, message: str) -> None:
     with engine.begin() as conn:
-        conn.execute(
-            update(_tasks)
-            .where(_tasks.c.id == task_id, _tasks.c.state == TaskState.RUNNING.value)
-            .values(percent=max(0, min(100, percent)), message=message[:512])
-        )
+        conn.execute(_PROGRESS, {"task_id": task_id, "percent": max(0, min(100, percent)), "message": message[:512]})
 
 
 def finish(
@@ -130,20 +159,17 @@ def finish(
     record of its locks is cleared.
     """
     values: dict[str, Any] = {
+        "task_id": task_id,
         "state": state.value,
         "message": message[:512],
-        "finished_at": db_utcnow(),
         "locks": locks or {},
+        "error": error,
     }
-    if state is TaskState.SUCCEEDED:
-        values["percent"] = 100
+    succeeded = state is TaskState.SUCCEEDED
+    if succeeded:
         values["result"] = result
-    if error is not None:
-        values["error"] = error
     with engine.begin() as conn:
-        done = conn.execute(
-            update(_tasks).where(_tasks.c.id == task_id, _tasks.c.state.not_in(_FINAL)).values(**values)
-        )
+        done = conn.execute(_FINISH[succeeded], values)
     return done.rowcount == 1
 
 
