@@ -285,32 +285,50 @@ class LockTable:
         try:
             if not isinstance(data, Mapping):
                 raise TypeError(f"expected an object, got {type(data).__name__}")
-            holders = tuple(
-                Holder(
-                    _text(h["owner"]),
-                    check_name(h["name"]),
-                    parse_mode(h["mode"]),
-                    _int(h["token"]),
-                    _text(h.get("label", "")),
-                )
-                for h in data["holders"]
-            )
-            waiters = tuple(
-                Waiter(
-                    _text(w["owner"]),
-                    # Sorted, without contradictions, and never empty, like every request.
-                    lock_set([(n, m) for n, m in w["locks"]]),
-                    _int(w["seq"]),
-                    _text(w.get("label", "")),
-                    bool(w.get("nested", False)),
-                )
-                for w in data["waiters"]
-            )
+            holders = tuple(_holder(h) for h in data["holders"])
+            waiters = tuple(_waiter(w) for w in data["waiters"])
             seq = _int(data["seq"])
         except (KeyError, TypeError, ValueError) as err:
             raise LockDocumentError(row_id, f"{type(err).__name__}: {err}") from err
         _check_consistent(holders, waiters, seq, row_id)
         return cls(holders, waiters, seq)
+
+
+#: Entries parsed lately, by their stored fields. A document changes by one or two entries per
+#: write, so most entries of the next read were parsed (and checked) before: a dictionary lookup
+#: instead of a name check and a mode parse each, inside the lock row's critical section.
+_PARSED_HOLDERS: dict[tuple[Any, ...], Holder] = {}
+_PARSED_WAITERS: dict[tuple[Any, ...], Waiter] = {}
+_PARSED_MAX = 4096
+
+
+def _holder(h: Mapping[str, Any]) -> Holder:
+    key = (h["owner"], h["name"], h["mode"], _int(h["token"]), h.get("label", ""))
+    try:
+        return _PARSED_HOLDERS[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable field, refused just below
+        pass
+    holder = Holder(_text(key[0]), check_name(key[1]), parse_mode(key[2]), key[3], _text(key[4]))
+    if len(_PARSED_HOLDERS) >= _PARSED_MAX:
+        _PARSED_HOLDERS.clear()
+    _PARSED_HOLDERS[key] = holder
+    return holder
+
+
+def _waiter(w: Mapping[str, Any]) -> Waiter:
+    pairs = tuple((n, m) for n, m in w["locks"])
+    # The integers are checked before the lookup: 1.0 and True are equal to 1 as keys.
+    key = (w["owner"], pairs, _int(w["seq"]), w.get("label", ""), bool(w.get("nested", False)))
+    try:
+        return _PARSED_WAITERS[key]
+    except (KeyError, TypeError):
+        pass
+    # Sorted, without contradictions, and never empty, like every request.
+    waiter = Waiter(_text(key[0]), lock_set(list(pairs)), key[2], _text(key[3]), key[4])
+    if len(_PARSED_WAITERS) >= _PARSED_MAX:
+        _PARSED_WAITERS.clear()
+    _PARSED_WAITERS[key] = waiter
+    return waiter
 
 
 def _text(value: object) -> str:

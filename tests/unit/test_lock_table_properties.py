@@ -594,3 +594,26 @@ def test_any_edit_of_a_document_parses_to_a_sound_table_or_is_refused(edits: lis
     check_table(t, written_by_us=False)
     assert json_round_trip(t) == t
     drain(t, 100)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("holders", 0, "token"), 3.0),
+        (("holders", 0, "token"), True),
+        (("waiters", 0, "seq"), 4.0),
+        (("holders", 0, "mode"), "s"),
+    ],
+)
+def test_an_entry_parsed_before_does_not_vouch_for_a_lookalike(path: tuple[Any, ...], value: Any) -> None:
+    """Entries are remembered by their fields once checked; 3.0 and True must not pass for 3 and 1."""
+    LockTable.from_json(_valid_doc(), row_id=ROW)
+    doc: Any = _valid_doc()
+    doc["holders"][0]["token"] = 1 if value is True else doc["holders"][0]["token"]
+    LockTable.from_json(doc, row_id=ROW)  # the integer form, now remembered
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(LockDocumentError):
+        LockTable.from_json(doc, row_id=ROW)
