@@ -222,9 +222,8 @@ class NaiveCasImpl:
     def _step_acquire(self, conn: Connection, table: LockTable, version: int, now: Any) -> _StepOut:
         new, decision = table.request(self.owner, self.locks, token=version + 1, label="bench")
         if isinstance(decision, Queued):
-            holders = {h.owner for h in table.holders}
             blockers = (b.owner for b in decision.blockers)
-            gone = self.store.dead_owners(conn, blockers, holders=holders, now=_naive(now), lease=self.lease)
+            gone = self.store.dead_owners(conn, blockers, now=_naive(now), lease=self.lease)
             if gone:
                 new, decision = table.evict(gone).request(self.owner, self.locks, token=version + 1, label="bench")
         return (None if new is table else new), isinstance(decision, Granted)

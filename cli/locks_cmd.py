@@ -85,9 +85,7 @@ def release(args: argparse.Namespace) -> int:
         if now is None:  # a fresh read always carries the database clock
             raise CliError("could not read the database clock; try again")
         with engine.connect() as conn:
-            dead = LockStore(manager.row_id).dead_owners(
-                conn, [owner], holders={owner} if held else set(), now=now, lease=manager.lease
-            )
+            dead = LockStore(manager.row_id).dead_owners(conn, [owner], now=now, lease=manager.lease)
         if owner not in dead:
             raise CliError(_refusal(owner, row, held=bool(held), now=now, lease=manager.lease))
         reason = _death(row, now=now, lease=manager.lease)
@@ -123,6 +121,11 @@ def _refusal(owner: str, row: Any, *, held: bool, now: dt.datetime, lease: dt.ti
         return (
             f"refusing: task {owner} is {state} and only waits (it holds nothing and has no process); "
             f"to take it out of the queue, stop it: `boxtasks task stop {owner}`"
+        )
+    if state in {s.value for s in PROCESSLESS_STATES}:
+        return (
+            f"refusing: task {owner} is {state} and parked: it keeps its locks while it waits for more, "
+            f"without a process, and resumes when they are free; to end it, stop it: `boxtasks task stop {owner}`"
         )
     age = _heartbeat_age(row, now)
     left = lease.total_seconds() - (age or 0.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
@@ -37,6 +37,17 @@ class TaskContext(Protocol):
     def acquire_more(self, plan: Mapping[str, str], *, timeout: float | None = None) -> Grant:
         """Take more locks while holding some (never queued behind waiters); blocks until granted."""
 
+    def wait_for_more(self, plan: Mapping[str, str]) -> Grant:
+        """Take more locks while holding some; when they are busy the task may park: give its
+        process back, keep its locks, and run the body again from `checkpoint` once they are free.
+
+        A body that calls this must be safe to run again: it skips what `checkpoint` says is done.
+        """
+
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        """What the body has done so far (JSON values), kept across parking; filled in place."""
+
     def try_acquire_more(self, plan: Mapping[str, str]) -> Grant | None:
         """Take more locks only if they are free now."""
 
@@ -58,6 +69,7 @@ class LocalContext:
         self._grant = grant
         self._on_progress = on_progress
         self.reports: list[tuple[int, str]] = []
+        self._checkpoint: dict[str, Any] = {}
 
     @property
     def task_id(self) -> str:
@@ -76,6 +88,14 @@ class LocalContext:
 
     def acquire_more(self, plan: Mapping[str, str], *, timeout: float | None = None) -> Grant:
         return self._manager.acquire(self._grant.owner, plan, timeout=timeout)
+
+    def wait_for_more(self, plan: Mapping[str, str], *, timeout: float | None = None) -> Grant:
+        """Here there is no process to give back: it waits in place."""
+        return self.acquire_more(plan, timeout=timeout)
+
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        return self._checkpoint
 
     def try_acquire_more(self, plan: Mapping[str, str]) -> Grant | None:
         decision = self._manager.try_acquire(self._grant.owner, plan)

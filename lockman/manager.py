@@ -492,8 +492,7 @@ class LockManager:
         def dead(owners: Iterable[str]) -> set[str]:
             if snap.now is None:
                 raise _NeedsFreshRead
-            holders = {h.owner for h in snap.table.holders}
-            return self._store.dead_owners(conn, owners, holders=holders, now=snap.now, lease=self.lease)
+            return self._store.dead_owners(conn, owners, now=snap.now, lease=self.lease)
 
         return dead
 

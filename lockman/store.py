@@ -139,15 +139,16 @@ class LockStore:
         conn: Connection,
         owners: Iterable[str],
         *,
-        holders: set[str],
         now: dt.datetime,
         lease: dt.timedelta,
     ) -> set[str]:
         """Owners whose task is gone, finished, or (for one that runs or holds) silent past the lease
         (`models.liveness`: the database's own downtime does not count as silence).
 
-        A task that is queued or waiting has no process and so no heartbeat; as a waiter it lives
-        until it ends. A holder always needs a fresh heartbeat, however long it has held.
+        A task that is queued or waiting has no process and so no heartbeat: it lives until it ends,
+        as a waiter, or as a parked holder (a full backup that gave its process back to wait for a
+        busy app, keeping `platform` S); the sweep wakes it should its wake-up be lost. A task that
+        runs always needs a fresh heartbeat, however long it has held.
         """
         wanted = set(owners)
         if not wanted:
@@ -163,7 +164,7 @@ class LockStore:
             if state in FINAL_STATES:
                 dead.add(owner)
                 continue
-            needs_heartbeat = owner in holders or state not in PROCESSLESS_STATES
+            needs_heartbeat = state not in PROCESSLESS_STATES
             beat = _naive(heartbeat_at)
             if needs_heartbeat and (beat is None or beat + lease < now):
                 silent[owner] = beat

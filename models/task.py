@@ -52,6 +52,9 @@ class Task(Base):
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: The locks this task holds or waits for: {"holds": {name: mode}, "waits": {name: mode}, "token": n}.
     locks: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
+    #: What a parked task (waiting for more locks while holding some) has done so far: it runs
+    #: again from here when woken. Empty for tasks that never park.
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, server_default=db_utcnow())
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -25,10 +25,12 @@ def apptask(ctx: RunContext, *, app_id: str, operation: str, options: dict[str, 
 
 @locked_task(kind="fullbackup", plan={"task:fullbackup": "X", "platform": "S"})
 def fullbackup(ctx: RunContext, *, app_ids: list[str] | None = None) -> Any:
+    # Runs again from here after parking for a busy app (`back_up_apps`): nothing before the loop
+    # changes anything, and the loop skips the apps its checkpoint lists.
     from hosting import backups
 
     ids = app_ids if app_ids is not None else backups.apps_to_back_up(ctx)
-    report = back_up_apps(ctx, ids, backups.backup_app_for_full_backup)
+    report = back_up_apps(ctx, ids, backups.backup_app_for_full_backup, resumable=True)
     return backups.finish_full_backup(ctx, report)
 
 

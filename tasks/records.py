@@ -130,6 +130,27 @@ def to_waiting(engine: Engine, task_id: str, *, pid: int, message: str, waits: d
     return result.rowcount == 1
 
 
+def park(
+    engine: Engine, task_id: str, *, pid: int, message: str, waits: dict[str, str], checkpoint: dict[str, Any]
+) -> bool:
+    """Give up the process while keeping the locks held: the task waits for more, and resumes from
+    `checkpoint` when a release wakes it."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == pid)
+            .values(state=TaskState.WAITING.value, message=message[:512], locks={"waits": waits}, checkpoint=checkpoint)
+        )
+    return result.rowcount == 1
+
+
+def checkpoint_of(engine: Engine, task_id: str) -> dict[str, Any]:
+    """What the task saved when it last parked ({} if it never did)."""
+    with engine.connect() as conn:
+        saved = conn.execute(select(_tasks.c.checkpoint).where(_tasks.c.id == task_id)).scalar()
+    return dict(saved) if isinstance(saved, dict) else {}
+
+
 def set_message(engine: Engine, task_id: str, message: str, *, locks: dict[str, Any] | None = None) -> None:
     values: dict[str, Any] = {"message": message[:512]}
     if locks is not None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from lockman import Grant, Granted, LockLostError, LockManager, LockSet, Release, lock_set
+from lockman import Grant, Granted, LockLostError, LockManager, LockSet, Queued, Release, lock_set
 from lockman.table import lockset_to_dict
 from models import FINAL_STATES, TaskState
 from tasks import records
@@ -48,6 +48,8 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     WAITING = "waiting"
     SKIPPED = "skipped"
+    #: The body asked for more locks that are busy: it gives its process back, keeping its locks.
+    PARKED = "parked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,18 @@ class RunContext:
     holdings: dict[str, str]
     token: int
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _checkpoint: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        """What this task has done so far, kept across parking (see `wait_for_more`).
+
+        The body fills it in place as it goes; it is written to the task row only when the task
+        parks, and read from there when it runs again.
+        """
+        if self._checkpoint is None:
+            self._checkpoint = records.checkpoint_of(self.runtime.engine, self.task_id)
+        return self._checkpoint
 
     def progress(self, percent: int, message: str) -> None:
         records.progress(self.runtime.engine, self.task_id, percent, message)
@@ -116,6 +130,20 @@ class RunContext:
         self._held(grant.locks)
         return grant
 
+    def wait_for_more(self, plan: Mapping[str, str]) -> Grant:
+        """Take more locks while holding some; if they are busy, park instead of waiting here.
+
+        Parking gives the worker process back while the task keeps the locks it holds: the task
+        row goes `waiting` with `checkpoint` saved, and the release of the busy locks wakes it; it
+        then runs its body again from the start, which must skip what `checkpoint` says is done.
+        """
+        locks = lock_set(plan)
+        decision = self.runtime.manager.try_acquire(self.task_id, locks, label=self.kind)
+        if isinstance(decision, Granted):
+            self._held(locks)
+            return Grant(self.task_id, decision.token, locks)
+        raise TaskParked(decision, lockset_to_dict(locks))
+
     def try_acquire_more(self, plan: Mapping[str, str]) -> Grant | None:
         """Take more locks only if they are free now; never leaves a waiter entry behind."""
         locks = lock_set(plan)
@@ -138,6 +166,19 @@ class RunContext:
         # live view of what a task holds is the lock row itself (`boxtasks locks`).
         with self._lock:
             self.holdings.update(lockset_to_dict(locks))
+
+
+class TaskParked(BaseException):
+    """Raised by `RunContext.wait_for_more` to unwind the body; the runner parks the task.
+
+    A BaseException, so that a body's `except Exception` (an operation reporting its own
+    failure) does not swallow it; `finally` blocks run, as they must.
+    """
+
+    def __init__(self, queued: Queued, waits: dict[str, str]) -> None:
+        super().__init__(queued.describe())
+        self.queued = queued
+        self.waits = waits
 
 
 class _Heartbeat(threading.Thread):
@@ -186,7 +227,14 @@ def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[
     # The heartbeat goes on until the final state is written: while that write waits for the
     # database to come back, this task is alive, not a holder for the sweep to interrupt.
     try:
-        result = _run_body(ctx, body)
+        while True:
+            result = _run_body(ctx, body)
+            if result.outcome is not Outcome.PARKED:
+                break
+            parked = _park(rt, ctx, plan, result)
+            if parked is not None:
+                return parked
+            # Woken before it slept (the busy locks were released meanwhile): run on from the checkpoint.
         # Written once, with the final state (one commit fewer per task than a write at grant time):
         # the live view of what a task holds is the lock row itself.
         figures = {
@@ -206,6 +254,8 @@ def _run_body(ctx: RunContext, body: Callable[[RunContext], Any]) -> RunResult:
         value = body(ctx)
     except TaskStopped:
         return RunResult(Outcome.CANCELLED, message="Stopped")
+    except TaskParked as parked:
+        return RunResult(Outcome.PARKED, value=parked, message=str(parked))
     except LockLostError as err:
         return RunResult(Outcome.FAILED, error=err, message=f"Lost its locks: {err}")
     except Exception as err:
@@ -250,6 +300,40 @@ def _acquire_or_wait(rt: Runtime, task_id: str, kind: str, plan: LockSet) -> _Ac
             return RunResult(Outcome.WAITING, message=message)
         if not _claim(rt, task_id, plan).claimed:
             return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
+
+
+def _park(rt: Runtime, ctx: RunContext, plan: LockSet, result: RunResult) -> RunResult | None:
+    """The body waits for busy locks: give the process back, keeping the locks it holds.
+
+    Returns the run's result (WAITING, or SKIPPED when the row moved), or None when the locks
+    were released between the request and the `waiting` write (that wake-up found the task still
+    running and was dropped): the body then runs again at once, in this process.
+    """
+    parked: TaskParked = result.value
+    task_id = ctx.task_id
+    saved = _jsonable(ctx.checkpoint)
+    if not _db_retry(
+        rt,
+        f"parking of task {task_id}",
+        partial(
+            records.park,
+            rt.engine,
+            task_id,
+            pid=rt.pid,
+            message=result.message,
+            waits=parked.waits,
+            checkpoint=saved if isinstance(saved, dict) else {},
+        ),
+    ):
+        # The row moved under us (the task was judged dead): whatever we held is no longer ours.
+        _wake_ready(rt, _db_retry(rt, f"lock release of task {task_id}", lambda: rt.manager.release(task_id)))
+        return RunResult(Outcome.SKIPPED, message="row changed while parking")
+    if _db_retry(rt, "lock row read", lambda: rt.manager.snapshot()).table.blockers_of(task_id):
+        logger.info("task %s parks: %s", task_id, result.message)
+        return RunResult(Outcome.WAITING, message=result.message)
+    if not _claim(rt, task_id, plan).claimed:
+        return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
+    return None
 
 
 def _finish(rt: Runtime, task_id: str, result: RunResult, *, locks: dict[str, Any] | None = None) -> None:

@@ -58,7 +58,7 @@ def t_fullbackup(ctx: RunContext, *, app_ids: list[str], seconds_per_app: float 
     def copy(inner: Any, app_id: str) -> dict[str, float]:
         return _work(ctx, seconds_per_app, f"backup {app_id}")
 
-    report = back_up_apps(ctx, app_ids, copy)
+    report = back_up_apps(ctx, app_ids, copy, resumable=True)
     return {"copied": report.copied, "deferred": report.deferred, "results": report.results}
 
 

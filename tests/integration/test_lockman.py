@@ -251,7 +251,7 @@ def test_a_task_whose_row_is_gone_is_dead_at_once(steady: LockManager, engine: E
     assert not steady.heartbeat(a), "a heartbeat for a missing task row reports False"
 
 
-def test_a_waiting_task_needs_no_heartbeat_but_a_holder_always_does(steady: LockManager, engine: Engine) -> None:
+def test_a_waiting_task_needs_no_heartbeat_but_a_running_one_always_does(steady: LockManager, engine: Engine) -> None:
     holder, late = add_owner(engine), add_owner(engine)
     parked = add_owner(engine, state=TaskState.WAITING)  # no process: no heartbeat expected
     running = add_owner(engine)  # a waiter with a process: its heartbeat counts
@@ -266,9 +266,13 @@ def test_a_waiting_task_needs_no_heartbeat_but_a_holder_always_does(steady: Lock
     assert table.waiter_of(parked) is not None, "a waiting task was judged dead for want of a heartbeat"
     assert table.waiter_of(running) is None, "a running waiter silent past its lease is dead"
     assert set(table.held_by(holder)) == {"app:a"}
-    # A holder in a process-less state still needs its heartbeat.
+    # A holder that parked (waiting, no process: a full backup waiting for a busy app) keeps its
+    # locks without a heartbeat; the same holder running, silent past its lease, is dead.
     set_state(engine, holder, TaskState.WAITING)
     age_heartbeat(engine, holder)
+    assert isinstance(steady.try_acquire(parked, {"app:a": "X"}), Queued)
+    assert set(steady.snapshot().table.held_by(holder)) == {"app:a"}
+    set_state(engine, holder, TaskState.RUNNING)
     steady.withdraw(late)
     assert isinstance(steady.try_acquire(late, {"app:b": "X", "platform": "S"}), Granted)
     assert isinstance(steady.try_acquire(parked, {"app:a": "X"}), Granted)
