@@ -77,6 +77,25 @@ def test_fullbackup_does_not_delay_apps_it_is_not_copying(start_worker: Callable
     assert other_span[1] < result["results"][busy]["end"]
 
 
+def test_fullbackup_parks_for_a_busy_app_and_gives_its_process_back(start_worker: Callable[..., Worker]) -> None:
+    start_worker(concurrency=2)
+    busy, free, later = _app(), _app(), _app()
+    busy_task = enqueue("t_app", {"app_id": busy, "seconds": 4.0}, app_id=busy, queue="apptask")
+    wait_state(busy_task, "running")
+    backup = enqueue("t_fullbackup", {"app_ids": [free, busy], "seconds_per_app": 0.2}, queue="backup")
+    parked = wait_state(backup, "waiting", timeout=30)
+    assert parked.message == f"Waiting for t_app (task {busy_task[:8]}…) to release app:{busy}"
+    assert parked.checkpoint["fullbackup"]["copied"] == [free]
+    # Both processes would be busy if the backup waited in place; parked, it left one free.
+    third = enqueue("t_app", {"app_id": later, "seconds": 0.1}, app_id=later, queue="apptask")
+    wait_state(third, "succeeded", timeout=10)
+    assert row(busy_task).state == "running"
+    result = wait_state(backup, "succeeded", timeout=60).result
+    assert result["copied"] == [free, busy]
+    assert result["deferred"] == [busy]
+    assert result["results"][busy]["start"] >= _interval(busy_task)[1]
+
+
 def test_update_part_waits_for_apptasks_and_blocks_new_ones_fifo(start_worker: Callable[..., Worker]) -> None:
     start_worker(concurrency=4)
     running_app = _app()
