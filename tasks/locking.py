@@ -26,7 +26,8 @@ from celery.exceptions import Ignore
 
 from config import get_settings
 from lockman import LockManager, LockPlanError, LockSet, lock_set
-from models import get_engine
+from models import TaskState, get_engine
+from tasks import records
 from tasks.celery import app
 from tasks.errors import TaskDefinitionError, TaskStopped
 from tasks.runner import Outcome, RunContext, Runtime, execute
@@ -128,8 +129,14 @@ class LockedTask(Task):  # type: ignore[misc]
 
     def run(self, **kwargs: Any) -> Any:
         task_id = self.request.id
-        locks = render_plan(self.plan, kwargs)
         runtime = process_runtime(self.request.hostname or "local")
+        try:
+            locks = render_plan(self.plan, kwargs)
+        except LockPlanError as err:
+            # Arguments no lock can be named from: the task can never run. Say so in its row, which
+            # would otherwise stay `queued` for good.
+            records.finish(runtime.engine, task_id, TaskState.FAILED, message=f"Bad arguments: {err}", error=str(err))
+            raise
         runtime.mirror = functools.partial(self._mirror, kwargs=kwargs)
         with stop_on_sigterm():
             result = execute(runtime, task_id, self.kind, locks, lambda ctx: type(self).body(ctx, **kwargs))

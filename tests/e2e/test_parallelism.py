@@ -149,3 +149,11 @@ def test_failed_task_records_error_and_frees_its_locks(start_worker: Callable[..
     assert "refused" in r.error and r.finished_at is not None
     after = enqueue("t_app", {"app_id": app, "seconds": 0.1}, app_id=app, queue="apptask")
     wait_state(after, "succeeded", timeout=20)
+
+
+def test_arguments_that_name_no_lock_fail_the_task_in_its_row(start_worker: Callable[..., Worker]) -> None:
+    """`app:<app_id>` with an app id no lock can be named from: the row says so, not `queued` for good."""
+    start_worker(concurrency=1)
+    bad = enqueue("t_app", {"app_id": "Not An App!", "seconds": 0.1}, app_id=None, queue="apptask")
+    r: Any = wait_state(bad, "failed", timeout=20)
+    assert r.message.startswith("Bad arguments: malformed lock name 'app:Not An App!'"), r.message
