@@ -333,6 +333,8 @@ def _park(rt: Runtime, ctx: RunContext, plan: LockSet, result: RunResult) -> Run
         return RunResult(Outcome.WAITING, message=result.message)
     if not _claim(rt, task_id, plan).claimed:
         return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
+    # As after a wake-up (whose plan request drops it): no waiter entry left for the body to trip on.
+    _wake_ready(rt, _db_retry(rt, f"waiter entry of task {task_id}", lambda: rt.manager.withdraw(task_id)))
     return None
 
 
