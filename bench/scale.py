@@ -39,18 +39,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import multiprocessing as mp
 import os
 import queue
 import random
-import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Sequence
 from contextlib import suppress
@@ -65,7 +62,18 @@ if __package__ in (None, ""):  # run as `python bench/scale.py`: the repo, not b
 from sqlalchemy import Row, Table, create_engine, insert, select
 from sqlalchemy.engine import make_url
 
-from bench.taskrig import EventLog, Worker, apply_environment, bench_database, delete_queues, log
+from bench.taskrig import (
+    EventLog,
+    Worker,
+    apply_environment,
+    bench_database,
+    delete_queues,
+    finish_run,
+    load_average,
+    log,
+    raise_on_sigterm,
+    record_failure,
+)
 from lockman import LockManager, lock_set
 from models import FINAL_STATES, App, Task, get_engine
 from tasks.client import enqueue
@@ -783,17 +791,6 @@ def render_table(result: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(f"stopped by signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -805,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = QUICK if args.quick else Params()
 
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]
     scratch = Path(tempfile.mkdtemp(prefix=f"bench_scale_{run}_"))
@@ -815,13 +812,12 @@ def main(argv: list[str] | None = None) -> int:
         "database": make_url(args.database_url).get_backend_name(),
         "broker": make_url(args.broker_url).drivername if "://" in args.broker_url else args.broker_url,
         "cpus": os.cpu_count(),
-        "load_before": _load(),
+        "load_before": load_average(),
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.__dict__.items()},
     }
     worker: Worker | None = None
     events: EventLog | None = None
     queues = [f"bench_{run}_apptask", f"bench_{run}_backup"]
-    keep_logs = False
     try:
         with bench_database(args.database_url) as url:
             variables = {
@@ -870,30 +866,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"(b) the lock row's ceiling: N = {', '.join(map(str, params.ceiling_ns))}")
             result["ceiling"] = ceiling(url, params, run)
             result["errors"] += [e for r in result["ceiling"]["runs"] for e in r["errors"]]
-    except (BenchError, TimeoutError, RuntimeError) as err:
-        result["errors"].append(f"{type(err).__name__}: {err}")
-        keep_logs = True
-        if worker is not None:
-            log(f"worker log ({worker.log_path}), last lines:\n{worker.tail()}")
-    except (KeyboardInterrupt, SystemExit) as err:
-        result["errors"].append(f"interrupted: {err or type(err).__name__}")
-        keep_logs = True
-    except Exception as err:
-        result["errors"].append(f"{type(err).__name__}: {err}")
-        log(traceback.format_exc())
-        keep_logs = True
-    meta["load_after"] = _load()
-    meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    result["meta"] = meta
-    if keep_logs:
-        log(f"logs kept in {scratch}")
-    else:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(render_table(result))
-    return 1 if result["errors"] else 0
+    except BaseException as err:  # recorded in the report, which is printed whatever happened
+        record_failure(result, err, worker, (BenchError, TimeoutError, RuntimeError))
+    return finish_run(result, meta, started=started, scratch=scratch, as_json=args.json, render=render_table)
 
 
 if __name__ == "__main__":

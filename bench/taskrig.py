@@ -7,12 +7,15 @@ tests that other people run on the same MariaDB and RabbitMQ neither see nor dis
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -299,3 +302,54 @@ class EventLog:
     def stamp(self, task_id: str, kind: str) -> float | None:
         with self._cond:
             return self.stamps.get(task_id, {}).get(kind)
+
+
+# ----------------------------------------------------------------------------- how a run ends
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def raise_on_sigterm(signum: int, frame: object) -> None:
+    """Installed for SIGTERM, so that a stopped bench still stops its worker and drops its database."""
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def record_failure(
+    result: dict[str, Any], err: BaseException, worker: Worker | None, expected: tuple[type[BaseException], ...]
+) -> None:
+    """A run that went wrong: one line in `result["errors"]`; the worker's log tail (for an error the bench
+    expects) or the traceback (for any other) on stderr."""
+    if isinstance(err, KeyboardInterrupt | SystemExit):
+        result["errors"].append(f"interrupted: {err or type(err).__name__}")
+        return
+    result["errors"].append(f"{type(err).__name__}: {err}")
+    if not isinstance(err, expected):
+        log("".join(traceback.format_exception(err)))
+    elif worker is not None:
+        log(f"worker log ({worker.log_path}), last lines:\n{worker.tail()}")
+
+
+def finish_run(
+    result: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    started: float,
+    scratch: Path,
+    as_json: bool,
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """Print the report (JSON or the table); keep the scratch directory (logs) only when something failed."""
+    meta["load_after"] = load_average()
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["meta"] = meta
+    if result["errors"]:
+        log(f"logs kept in {scratch}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(json.dumps(result) if as_json else render(result))
+    return 1 if result["errors"] else 0

@@ -43,15 +43,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -71,7 +68,11 @@ from bench.taskrig import (
     apply_environment,
     bench_database,
     delete_queues,
+    finish_run,
+    load_average,
     log,
+    raise_on_sigterm,
+    record_failure,
     wait_for,
 )
 from lockman import LockManager
@@ -664,17 +665,6 @@ def render_table(result: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(f"stopped by signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -689,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     if params.concurrency < 2:
         parser.error("--concurrency must be at least 2 (a holder and a waiter)")
 
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]
     scratch = Path(tempfile.mkdtemp(prefix=f"bench_tasks_{run}_"))
@@ -700,14 +690,13 @@ def main(argv: list[str] | None = None) -> int:
         "broker": make_url(args.broker_url).drivername if "://" in args.broker_url else args.broker_url,
         "concurrency": params.concurrency,
         "cpus": os.cpu_count(),
-        "load_before": _load(),
+        "load_before": load_average(),
         "params": params.__dict__,
     }
     worker: Worker | None = None
     events: EventLog | None = None
     queues = [f"bench_{run}_apptask", f"bench_{run}_backup"]
     staged = f"bench_{run}_staged"
-    keep_logs = False
     try:
         with bench_database(args.database_url) as url:
             variables = {
@@ -742,30 +731,9 @@ def main(argv: list[str] | None = None) -> int:
                     get_engine().dispose()
                 except Exception as err:  # tidying up must not hide what went wrong before
                     log(f"cleanup: {type(err).__name__}: {err}")
-    except (BenchError, TimeoutError, RuntimeError) as err:
-        result["errors"].append(f"{type(err).__name__}: {err}")
-        keep_logs = True
-        if worker is not None:
-            log(f"worker log ({worker.log_path}), last lines:\n{worker.tail()}")
-    except (KeyboardInterrupt, SystemExit) as err:
-        result["errors"].append(f"interrupted: {err or type(err).__name__}")
-        keep_logs = True
-    except Exception as err:
-        result["errors"].append(f"{type(err).__name__}: {err}")
-        log(traceback.format_exc())
-        keep_logs = True
-    meta["load_after"] = _load()
-    meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    result["meta"] = meta
-    if keep_logs:
-        log(f"logs kept in {scratch}")
-    else:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(render_table(result))
-    return 1 if result["errors"] else 0
+    except BaseException as err:  # recorded in the report, which is printed whatever happened
+        record_failure(result, err, worker, (BenchError, TimeoutError, RuntimeError))
+    return finish_run(result, meta, started=started, scratch=scratch, as_json=args.json, render=render_table)
 
 
 if __name__ == "__main__":

@@ -5,54 +5,19 @@ No speed is asserted: the machine is shared and noisy; the figures are the bench
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from numbers import Real
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.services import MARIADB_ADMIN, RABBITMQ_URL, require
+from tests.benchrun import is_number as _number
+from tests.benchrun import quick_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.rabbitmq]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    require("127.0.0.1", 3306, "MariaDB")
-    require("127.0.0.1", 5672, "RabbitMQ")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOXTASKS_")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "scale.py"),
-            "--quick",
-            "--json",
-            "--database-url",
-            MARIADB_ADMIN,
-            "--broker-url",
-            RABBITMQ_URL,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    )
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
+    return quick_report("scale.py")
 
 
 def test_no_errors_and_every_task_succeeded(report: dict[str, Any]) -> None:

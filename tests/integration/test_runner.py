@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, update
 
-from lockman import LockManager, lock_set
+from lockman import lock_set
 from models import Task
 from tasks import records
 from tasks.errors import TaskStopped
 from tasks.runner import Outcome, RunContext, Runtime, execute
 
 PLAN = lock_set({"platform": "S", "app:a": "X"})
-
-
-@pytest.fixture
-def runtime(engine: Engine, db_url: str, lock_row: str) -> Iterator[tuple[Runtime, list[str]]]:
-    manager = LockManager(db_url, row_id=lock_row, lease=2.0)
-    manager.ensure_row()
-    woken: list[str] = []
-    rt = Runtime(
-        manager=manager,
-        engine=engine,
-        worker="node@test",
-        pid=4242,
-        lease=dt.timedelta(seconds=2),
-        heartbeat_interval=0.3,
-        wake=woken.extend,
-    )
-    yield rt, woken
-    manager.dispose()
 
 
 def _task(engine: Engine) -> str:

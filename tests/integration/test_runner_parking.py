@@ -7,14 +7,13 @@ Celery-free, on MariaDB, PostgreSQL and SQLite: `tasks.runner.execute` with the 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, update
 
 from hosting.fullbackup import back_up_apps
-from lockman import Granted, LockManager, lock_set
+from lockman import Granted, lock_set
 from lockman.table import lockset_to_dict
 from models import Task
 from tasks import records
@@ -23,24 +22,6 @@ from tests.owners import add_owner
 
 BACKUP_PLAN = lock_set({"task:fullbackup": "X", "platform": "S"})
 APPS = ["a", "b", "c"]
-
-
-@pytest.fixture
-def runtime(engine: Engine, db_url: str, lock_row: str) -> Iterator[tuple[Runtime, list[str]]]:
-    manager = LockManager(db_url, row_id=lock_row, lease=2.0)
-    manager.ensure_row()
-    woken: list[str] = []
-    rt = Runtime(
-        manager=manager,
-        engine=engine,
-        worker="node@test",
-        pid=4242,
-        lease=dt.timedelta(seconds=2),
-        heartbeat_interval=0.3,
-        wake=woken.extend,
-    )
-    yield rt, woken
-    manager.dispose()
 
 
 class _Backup:

@@ -1,0 +1,48 @@
+"""Run one bench script with `--quick --json` against the shared services, as its tests do."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from tests.services import MARIADB_ADMIN, RABBITMQ_URL, require
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def quick_report(script: str, *, timeout: float = 420) -> dict[str, Any]:
+    """`bench/<script> --quick --json`: its JSON report; a non-zero exit fails with both outputs' tails."""
+    require("127.0.0.1", 3306, "MariaDB")
+    require("127.0.0.1", 5672, "RabbitMQ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOXTASKS_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / script),
+            "--quick",
+            "--json",
+            "--database-url",
+            MARIADB_ADMIN,
+            "--broker-url",
+            RABBITMQ_URL,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
