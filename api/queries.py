@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, desc, func, select, update
 
 from api.errors import MissingError
-from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState
+from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState, liveness
 
 #: The most rows one listing returns.
 MAX_LIMIT = 1000
@@ -22,13 +22,8 @@ MAX_LIMIT = 1000
 
 def iso(value: Any) -> str | None:
     """ISO 8601 in UTC with a `Z` (the database keeps naive UTC)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return str(value.isoformat(timespec="microseconds")) + "Z"
+    naive = liveness.naive_utc(value)
+    return None if naive is None else naive.isoformat(timespec="microseconds") + "Z"
 
 
 # ---------------------------------------------------------------------------- tasks
