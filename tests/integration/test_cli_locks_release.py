@@ -112,6 +112,21 @@ def test_a_waiting_owner_is_refused_with_the_stop_command(
 
 
 @SQLITE_ONLY
+def test_a_parked_owner_is_refused_and_keeps_its_locks(
+    cli_env: dict[str, str], steady: LockManager, engine: Engine, tmp_path: Path
+) -> None:
+    """A full backup parked for a busy app: `waiting`, holding, with a heartbeat as old as you like."""
+    a, _ = holder_and_waiter(steady, engine)
+    set_state(engine, a, TaskState.WAITING)
+    with engine.begin() as conn:
+        conn.execute(update(Task).where(Task.id == a).values(heartbeat_at=LONG_AGO))
+    err = one_line(run(cli_env, "locks", "release", "--owner", a, cwd=tmp_path))
+    assert "refusing" in err and "parked" in err and f"boxtasks task stop {a}" in err
+    assert set(steady.snapshot().table.held_by(a)) == {"app:a", "platform"}
+    assert state_of(engine, a) == "waiting"
+
+
+@SQLITE_ONLY
 def test_unknown_owner_and_owner_without_locks(
     cli_env: dict[str, str], steady: LockManager, engine: Engine, tmp_path: Path
 ) -> None:
