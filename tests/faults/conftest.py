@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import pools as kombu_pools
 
-from config import get_settings
-from config.celery import celery_config
+from bench.taskrig import apply_environment
 from lockman import LockManager
-from models import engine as models_engine
-from tasks.celery import app
 from tests.e2e.harness import Env, Worker, purge_queues
 from tests.faults.servers import PrivateMariaDB, PrivateRabbitMQ, private_mariadb, private_rabbitmq
 
@@ -37,26 +33,6 @@ def mariadb_server() -> Iterator[PrivateMariaDB]:
     """A MariaDB server of our own for one test."""
     with private_mariadb() as server:
         yield server
-
-
-def _point_this_process_at(variables: dict[str, str]) -> None:
-    """Like `Env.apply_to_this_process`, for any set of BOXTASKS_* variables (to put things back)."""
-    for key in list(os.environ):
-        if key.startswith("BOXTASKS_"):
-            del os.environ[key]
-    os.environ.update(variables)
-    get_settings.cache_clear()
-    if models_engine.get_engine.cache_info().currsize:
-        models_engine.get_engine().dispose()
-    models_engine.get_engine.cache_clear()
-    models_engine._sessionmaker.cache_clear()
-    from tasks import locking
-
-    locking._process_runtime.cache_clear()
-    app.conf.update(celery_config(get_settings()))
-    kombu_pools.reset()  # type: ignore[no-untyped-call]
-    app._pool = None
-    app.amqp._producer_pool = None
 
 
 @pytest.fixture
@@ -85,7 +61,7 @@ def fault_env(mariadb_server: PrivateMariaDB, rabbitmq_server: PrivateRabbitMQ, 
     finally:
         if rabbitmq_server.running:
             purge_queues()
-        _point_this_process_at(before)
+        apply_environment(before)  # the variables as they were
 
 
 @pytest.fixture
