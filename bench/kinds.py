@@ -9,9 +9,19 @@ bench can measure hand-off and recovery from inside the body, not from the recor
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from typing import Any
 
+from celery import Task
+from celery.backends.database import DatabaseBackend
+from celery.signals import worker_init
+
+from config import get_settings
+from models import TaskState, get_engine
+from models.engine import driver_connect_args
+from tasks import records
 from tasks.celery import app
 from tasks.locking import locked_task
 from tasks.runner import RunContext
@@ -37,7 +47,47 @@ def _work(ctx: RunContext, seconds: float, label: str) -> dict[str, float]:
 
 @app.task(name="bench.bare", ignore_result=True)  # type: ignore[untyped-decorator]
 def bench_bare() -> None:
-    """The baseline: a Celery task that writes nothing anywhere."""
+    """The strictest baseline: a Celery task that writes nothing anywhere."""
+
+
+@functools.cache
+def _database_backend() -> DatabaseBackend:
+    """Celery's database result backend on the bench's own database, set up as a deployment would:
+    made in the worker's main process (so each pool process gets a pooled engine after the fork,
+    not a new connection per task) and with the driver arguments our own engines use."""
+    url = get_settings().effective_database_url
+    return DatabaseBackend(url=url, app=app, engine_options={"connect_args": driver_connect_args(url)})
+
+
+@worker_init.connect
+def _make_backend_before_the_fork(**_: Any) -> None:
+    _database_backend()
+
+
+class _RecordedByCelery(Task):  # type: ignore[misc]
+    """A task whose state Celery itself keeps in the database: STARTED (track_started) and SUCCESS
+    rows in `celery_taskmeta`, which is how a Celery deployment records tasks in MySQL."""
+
+    @property
+    def backend(self) -> DatabaseBackend:
+        return _database_backend()
+
+
+@app.task(name="bench.celery_db", base=_RecordedByCelery, ignore_result=False)  # type: ignore[untyped-decorator]
+def bench_celery_db() -> None:
+    """A bare Celery no-op on the same broker and database: Celery records it there itself."""
+
+
+@app.task(name="boxtasks.bench_row_only", bind=True)  # type: ignore[untyped-decorator]
+def bench_row_only(self: Task) -> None:
+    """The task row and nothing else: claimed and finished as a locked task's row is, with no locks.
+
+    Sent with `tasks.client.enqueue` (which writes the row first), like the locked kinds: the part of
+    a locked task's cost that any design keeping a durable record of each task pays.
+    """
+    engine = get_engine()
+    if records.claim(engine, self.request.id, worker=self.request.hostname or "", pid=os.getpid()).claimed:
+        records.finish(engine, self.request.id, TaskState.SUCCEEDED, message="Done")
 
 
 @locked_task(kind="bench_noop", plan=APP_PLAN)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-import inspect
 import logging
 import math
 import random
@@ -48,14 +47,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from lockman.errors import LockError, LockLostError, LockTimeoutError
 from lockman.plan import LockSet, lock_set
 from lockman.store import MULTI_STATEMENTS, LockStore, Snapshot
 from lockman.table import Decision, Granted, Holder, LockTable, Queued, Waiter
-from models.engine import driver_connect_args
+from models.engine import SKIP_AUTOCOMMIT_ROLLBACK, driver_connect_args
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +195,7 @@ class LockManager:
             common.update(pool_size=2, max_overflow=4, pool_recycle=300, connect_args=driver_connect_args(self.url))
         # Reads and optimistic swaps. In autocommit mode SQLAlchemy would still call the driver's
         # rollback() at every check-in: one more round trip per operation, undoing nothing. Skip it.
-        self._auto: Engine = create_engine(self.url, isolation_level="AUTOCOMMIT", **_SKIP_ROLLBACK, **common)
+        self._auto: Engine = create_engine(self.url, isolation_level="AUTOCOMMIT", **SKIP_AUTOCOMMIT_ROLLBACK, **common)
         # The queued path's short transactions. With PyMySQL they may send "UPDATE ...; COMMIT" in
         # one round trip (see `LockStore.compare_and_swap`); only lockman's own statements run here.
         tx_url = _with_multi_statements(self.url)
@@ -586,12 +584,6 @@ class LockManager:
         logger.warning("lock row %s: dropping dead owners %s", self.row_id, ", ".join(sorted(owners)))
 
 
-#: `skip_autocommit_rollback` came with SQLAlchemy 2.0.43; older versions pay the extra round trip.
-_SKIP_ROLLBACK: dict[str, Any] = (
-    {"skip_autocommit_rollback": True}
-    if "skip_autocommit_rollback" in inspect.signature(DefaultDialect.__init__).parameters
-    else {}
-)
 
 
 def _with_multi_statements(url: URL) -> URL:

@@ -13,9 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, Engine, Executable, Row, Table, bindparam, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models import FINAL_STATES, Task, TaskState, db_utcnow, liveness
+from models.engine import autocommit_engine
 
 _tasks: Table = Task.__table__  # type: ignore[assignment]
 _FINAL = tuple(s.value for s in FINAL_STATES)
@@ -49,6 +51,19 @@ _PROGRESS = (
     .where(_BY_ID, _tasks.c.state == TaskState.RUNNING.value)
     .values(percent=_param("percent", "percent"), message=_param("message", "message"))
 )
+_TO_WAITING_BASE = update(_tasks).where(
+    _BY_ID, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == bindparam("pid")
+)
+_TO_WAITING_VALUES = {
+    "state": TaskState.WAITING.value,
+    "message": _param("message", "message"),
+    "locks": _param("locks", "locks"),
+}
+#: Without and with the checkpoint a parked task resumes from.
+_TO_WAITING = {
+    False: _TO_WAITING_BASE.values(**_TO_WAITING_VALUES),
+    True: _TO_WAITING_BASE.values(**_TO_WAITING_VALUES, checkpoint=_param("checkpoint", "checkpoint")),
+}
 _FINISH_VALUES = {
     "state": _param("state", "state"),
     "message": _param("message", "message"),
@@ -63,6 +78,23 @@ _FINISH = {
     .values(**_FINISH_VALUES, percent=100, result=_param("result", "result")),
     False: update(_tasks).where(_BY_ID, _tasks.c.state.not_in(_FINAL)).values(**_FINISH_VALUES),
 }
+
+
+def _write(engine: Engine, stmt: Executable, values: dict[str, Any], *, again_if_dropped: bool) -> CursorResult[Any]:
+    """Run one statement that commits by itself: one round trip (see `models.autocommit_engine`).
+
+    `again_if_dropped`: the statement is idempotent, so a connection the server had dropped
+    (restart, wait_timeout) is replaced and the statement sent once more. Writes whose callers
+    must tell "applied twice" from "moved under us" (claim, waiting) leave that to the caller.
+    """
+    for attempt in (1, 2):
+        try:
+            with autocommit_engine(engine).connect() as conn:
+                return conn.execute(stmt, values)
+        except DBAPIError as err:
+            if attempt == 2 or not again_if_dropped or not err.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,21 +113,24 @@ def create(
     engine: Engine, *, kind: str, queue: str, args: dict[str, Any], app_id: str | None, task_id: str | None = None
 ) -> str:
     task_id = task_id or new_task_id()
-    with engine.begin() as conn:
-        conn.execute(
-            _INSERT,
-            {
-                "id": task_id,
-                "type": kind,
-                "queue": queue,
-                "args": args,
-                "app_id": app_id,
-                "state": TaskState.QUEUED.value,
-                "percent": 0,
-                "message": "Queued",
-                "locks": {},
-            },
-        )
+    row = {
+        "id": task_id,
+        "type": kind,
+        "queue": queue,
+        "args": args,
+        "app_id": app_id,
+        "state": TaskState.QUEUED.value,
+        "percent": 0,
+        "message": "Queued",
+        "locks": {},
+    }
+    try:
+        _write(engine, _INSERT, row, again_if_dropped=True)
+    except IntegrityError:
+        # Sent again after a dropped connection whose INSERT had landed: the row is ours.
+        found = get(engine, task_id)
+        if found is None or (found.type, found.args) != (kind, args):
+            raise
     return task_id
 
 
@@ -112,36 +147,30 @@ def claim(engine: Engine, task_id: str, *, worker: str, pid: int, plan: dict[str
     values: dict[str, Any] = {"task_id": task_id, "worker": worker, "pid": pid}
     if plan is not None:
         values["locks"] = {"plan": plan}
-    with engine.begin() as conn:
-        result = conn.execute(_CLAIM[plan is not None], values)
+    result = _write(engine, _CLAIM[plan is not None], values, again_if_dropped=False)
     if result.rowcount == 1:
         return Claim(True, None)
     return Claim(False, get(engine, task_id))
 
 
-def to_waiting(engine: Engine, task_id: str, *, pid: int, message: str, waits: dict[str, str]) -> bool:
-    """Give up the process: the task waits for locks, and a release will wake it."""
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(_tasks)
-            .where(_tasks.c.id == task_id, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == pid)
-            .values(state=TaskState.WAITING.value, message=message[:512], locks={"waits": waits})
-        )
-    return result.rowcount == 1
-
-
-def park(
-    engine: Engine, task_id: str, *, pid: int, message: str, waits: dict[str, str], checkpoint: dict[str, Any]
+def to_waiting(
+    engine: Engine,
+    task_id: str,
+    *,
+    pid: int,
+    message: str,
+    waits: dict[str, str],
+    checkpoint: dict[str, Any] | None = None,
 ) -> bool:
-    """Give up the process while keeping the locks held: the task waits for more, and resumes from
-    `checkpoint` when a release wakes it."""
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(_tasks)
-            .where(_tasks.c.id == task_id, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == pid)
-            .values(state=TaskState.WAITING.value, message=message[:512], locks={"waits": waits}, checkpoint=checkpoint)
-        )
-    return result.rowcount == 1
+    """Give up the process: the task waits for locks, and a release will wake it.
+
+    With `checkpoint` the task *parks*: it keeps the locks it holds and, woken, resumes from what
+    `checkpoint` says it has done. False when the row is no longer this process's running task.
+    """
+    values: dict[str, Any] = {"task_id": task_id, "pid": pid, "message": message[:512], "locks": {"waits": waits}}
+    if checkpoint is not None:
+        values["checkpoint"] = checkpoint
+    return _write(engine, _TO_WAITING[checkpoint is not None], values, again_if_dropped=False).rowcount == 1
 
 
 def checkpoint_of(engine: Engine, task_id: str) -> dict[str, Any]:
@@ -155,13 +184,12 @@ def set_message(engine: Engine, task_id: str, message: str, *, locks: dict[str, 
     values: dict[str, Any] = {"message": message[:512]}
     if locks is not None:
         values["locks"] = locks
-    with engine.begin() as conn:
-        conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(**values))
+    _write(engine, update(_tasks).where(_tasks.c.id == task_id).values(**values), {}, again_if_dropped=True)
 
 
 def progress(engine: Engine, task_id: str, percent: int, message: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(_PROGRESS, {"task_id": task_id, "percent": max(0, min(100, percent)), "message": message[:512]})
+    values = {"task_id": task_id, "percent": max(0, min(100, percent)), "message": message[:512]}
+    _write(engine, _PROGRESS, values, again_if_dropped=True)
 
 
 def finish(
@@ -189,9 +217,7 @@ def finish(
     succeeded = state is TaskState.SUCCEEDED
     if succeeded:
         values["result"] = result
-    with engine.begin() as conn:
-        done = conn.execute(_FINISH[succeeded], values)
-    return done.rowcount == 1
+    return _write(engine, _FINISH[succeeded], values, again_if_dropped=True).rowcount == 1
 
 
 def interrupt(engine: Engine, task_ids: Iterable[str], *, reason: str) -> list[str]:

@@ -283,23 +283,43 @@ def _acquire_or_wait(rt: Runtime, task_id: str, kind: str, plan: LockSet) -> _Ac
         if isinstance(decision, Granted):
             took = (time.monotonic() - started) * 1000
             return _Acquired(decision, round(took, 3), rt.manager.stats.cas_conflicts - conflicts)
-        message = decision.describe()
-        waits = lockset_to_dict(plan)
-        if not _db_retry(
-            rt,
-            f"waiting state of task {task_id}",
-            partial(records.to_waiting, rt.engine, task_id, pid=rt.pid, message=message, waits=waits),
-        ):
-            # The row moved under us (a stop): leave the queue, tell whoever is ready.
-            _wake_ready(rt, _db_retry(rt, f"lock release of task {task_id}", lambda: rt.manager.release(task_id)))
-            return RunResult(Outcome.SKIPPED, message="row changed while queuing")
-        # A release between our request and the `waiting` write sent a wake-up that found us
-        # still `running` and was dropped: look once more now that the row says `waiting`.
-        if _db_retry(rt, "lock row read", lambda: rt.manager.snapshot()).table.blockers_of(task_id):
-            logger.info("task %s waits: %s", task_id, message)
-            return RunResult(Outcome.WAITING, message=message)
-        if not _claim(rt, task_id, plan).claimed:
-            return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
+        waiting = _to_waiting(rt, task_id, plan, decision.describe(), lockset_to_dict(plan))
+        if waiting is not None:
+            return waiting
+        # The locks came free while we wrote `waiting`: ask again.
+
+
+def _to_waiting(
+    rt: Runtime,
+    task_id: str,
+    plan: LockSet,
+    message: str,
+    waits: dict[str, str],
+    checkpoint: dict[str, Any] | None = None,
+) -> RunResult | None:
+    """Give the process back: write `waiting` (with `checkpoint`: park, keeping held locks).
+
+    Returns WAITING, or SKIPPED when the row moved under us (a stop, or the task judged dead: what
+    it held is no longer ours); or None when the task, claimed again, must run on in this process:
+    a release between the request and the `waiting` write sent a wake-up that found it still
+    `running` and was dropped, so it looks once more now that the row says `waiting`.
+    """
+    doing = "waiting" if checkpoint is None else "parking"
+    if not _db_retry(
+        rt,
+        f"{doing} state of task {task_id}",
+        partial(
+            records.to_waiting, rt.engine, task_id, pid=rt.pid, message=message, waits=waits, checkpoint=checkpoint
+        ),
+    ):
+        _wake_ready(rt, _db_retry(rt, f"lock release of task {task_id}", lambda: rt.manager.release(task_id)))
+        return RunResult(Outcome.SKIPPED, message=f"row changed while {doing}")
+    if _db_retry(rt, "lock row read", lambda: rt.manager.snapshot()).table.blockers_of(task_id):
+        logger.info("task %s %s: %s", task_id, "waits" if checkpoint is None else "parks", message)
+        return RunResult(Outcome.WAITING, message=message)
+    if not _claim(rt, task_id, plan).claimed:
+        return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
+    return None
 
 
 def _park(rt: Runtime, ctx: RunContext, plan: LockSet, result: RunResult) -> RunResult | None:
@@ -312,27 +332,11 @@ def _park(rt: Runtime, ctx: RunContext, plan: LockSet, result: RunResult) -> Run
     parked: TaskParked = result.value
     task_id = ctx.task_id
     saved = _jsonable(ctx.checkpoint)
-    if not _db_retry(
-        rt,
-        f"parking of task {task_id}",
-        partial(
-            records.park,
-            rt.engine,
-            task_id,
-            pid=rt.pid,
-            message=result.message,
-            waits=parked.waits,
-            checkpoint=saved if isinstance(saved, dict) else {},
-        ),
-    ):
-        # The row moved under us (the task was judged dead): whatever we held is no longer ours.
-        _wake_ready(rt, _db_retry(rt, f"lock release of task {task_id}", lambda: rt.manager.release(task_id)))
-        return RunResult(Outcome.SKIPPED, message="row changed while parking")
-    if _db_retry(rt, "lock row read", lambda: rt.manager.snapshot()).table.blockers_of(task_id):
-        logger.info("task %s parks: %s", task_id, result.message)
-        return RunResult(Outcome.WAITING, message=result.message)
-    if not _claim(rt, task_id, plan).claimed:
-        return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
+    waiting = _to_waiting(
+        rt, task_id, plan, result.message, parked.waits, checkpoint=saved if isinstance(saved, dict) else {}
+    )
+    if waiting is not None:
+        return waiting
     # As after a wake-up (whose plan request drops it): no waiter entry left for the body to trip on.
     _wake_ready(rt, _db_retry(rt, f"waiter entry of task {task_id}", lambda: rt.manager.withdraw(task_id)))
     return None

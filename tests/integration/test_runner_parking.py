@@ -99,14 +99,15 @@ def test_a_release_before_the_park_is_written_runs_on_in_the_same_process(
     assert isinstance(rt.manager.try_acquire(app_task, {"platform": "S", "app:b": "X"}), Granted)
     backup_id = _backup_task(engine)
     body = _Backup()
-    park = records.park
+    to_waiting = records.to_waiting
 
     def park_then_release(*args: Any, **kwargs: Any) -> bool:
-        parked = park(*args, **kwargs)
+        parked = to_waiting(*args, **kwargs)
+        assert kwargs["checkpoint"] is not None  # a park, not a plain wait
         rt.manager.release(app_task)  # the app's task ends right after the backup wrote `waiting`
         return parked
 
-    monkeypatch.setattr(records, "park", park_then_release)
+    monkeypatch.setattr(records, "to_waiting", park_then_release)
     result = execute(rt, backup_id, "fullbackup", BACKUP_PLAN, body)
 
     assert result.outcome is Outcome.SUCCEEDED
