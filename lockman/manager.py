@@ -584,8 +584,6 @@ class LockManager:
         logger.warning("lock row %s: dropping dead owners %s", self.row_id, ", ".join(sorted(owners)))
 
 
-
-
 def _with_multi_statements(url: URL) -> URL:
     """For PyMySQL, let the connection send several statements in one round trip."""
     if url.get_backend_name() not in ("mysql", "mariadb") or url.get_driver_name() != "pymysql":

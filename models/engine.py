@@ -123,7 +123,7 @@ def dispose_after_fork() -> None:
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
     with _COMPANIONS_LOCK:
-        for companion in _COMPANIONS.values():
+        for companion in list(_COMPANIONS.values()):
             companion.dispose(close=False)
 
 

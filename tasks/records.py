@@ -52,7 +52,7 @@ _PROGRESS = (
     .values(percent=_param("percent", "percent"), message=_param("message", "message"))
 )
 _TO_WAITING_BASE = update(_tasks).where(
-    _BY_ID, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == bindparam("pid")
+    _BY_ID, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == bindparam("running_pid")
 )
 _TO_WAITING_VALUES = {
     "state": TaskState.WAITING.value,
@@ -167,7 +167,12 @@ def to_waiting(
     With `checkpoint` the task *parks*: it keeps the locks it holds and, woken, resumes from what
     `checkpoint` says it has done. False when the row is no longer this process's running task.
     """
-    values: dict[str, Any] = {"task_id": task_id, "pid": pid, "message": message[:512], "locks": {"waits": waits}}
+    values: dict[str, Any] = {
+        "task_id": task_id,
+        "running_pid": pid,
+        "message": message[:512],
+        "locks": {"waits": waits},
+    }
     if checkpoint is not None:
         values["checkpoint"] = checkpoint
     return _write(engine, _TO_WAITING[checkpoint is not None], values, again_if_dropped=False).rowcount == 1

@@ -185,3 +185,31 @@ def test_the_lock_bench_reports_every_cell_and_no_violation() -> None:
         assert run["cas_retries_per_acquire"] >= 0, run
         if run["impl"] in ("get_lock", "row_per_lock"):
             assert run["cas_retries_per_acquire"] == 0, run
+
+
+def test_a_task_rows_own_writes_cost_one_round_trip_each(mariadb_url: str, wire: Wire) -> None:
+    """The runner's writes to its task row (and the client's INSERT) are single statements that
+    commit by themselves: no ping, no COMMIT, no ROLLBACK at check-in (`models.autocommit_engine`)."""
+    from models import TaskState, make_engine
+    from tasks import records
+
+    engine = make_engine(mariadb_url)
+    try:
+        records.create(engine, kind="apptask", queue="apptask", args={}, app_id="warm")  # opens the pool
+        task_id = records.new_task_id()
+        steps = {
+            "INSERT": lambda: records.create(
+                engine, kind="apptask", queue="apptask", args={"app_id": "a"}, app_id="a", task_id=task_id
+            ),
+            "claim": lambda: records.claim(engine, task_id, worker="w1", pid=1, plan=APPTASK).claimed,
+            "progress": lambda: records.progress(engine, task_id, 50, "half way"),
+            "final state": lambda: records.finish(engine, task_id, TaskState.SUCCEEDED, message="Done"),
+        }
+        for name, step in steps.items():
+            sent = wire.count(step)
+            assert len(sent) == 1, f"{name}: {sent}"
+            assert "COMMIT" not in sent[0] and "ROLLBACK" not in sent[0], f"{name}: {sent}"
+        row = records.get(engine, task_id)
+        assert row is not None and (row.state, row.percent, row.worker) == ("succeeded", 100, "w1")
+    finally:
+        engine.dispose()
