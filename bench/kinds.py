@@ -59,7 +59,7 @@ def _database_backend() -> DatabaseBackend:
     return DatabaseBackend(url=url, app=app, engine_options={"connect_args": driver_connect_args(url)})
 
 
-@worker_init.connect
+@worker_init.connect  # type: ignore[untyped-decorator]
 def _make_backend_before_the_fork(**_: Any) -> None:
     _database_backend()
 
