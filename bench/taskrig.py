@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from celery.events.receiver import EventReceiver
 from kombu import pools as kombu_pools
@@ -124,21 +124,29 @@ def delete_queues(names: Sequence[str]) -> None:
 
 
 class Worker:
-    """One `celery worker` subprocess in a session of its own: stopping it stops its whole group."""
+    """One `celery worker` subprocess (a node) in a session of its own: stopping it stops its whole group.
+
+    The one rig for the benchmarks and the end-to-end and fault tests (`tests/e2e/harness.Worker`
+    names its nodes and kinds for the tests). `concurrency=None` leaves the pool size to
+    `extra_args` (`--autoscale`); a worker that dies or never gets ready raises `failure`.
+    """
 
     def __init__(
         self,
         env: dict[str, str],
-        log_path: Path,
+        log: Path,
         *,
         nodename: str,
         queues: Sequence[str],
-        concurrency: int,
+        concurrency: int | None,
         kinds_module: str = "bench.kinds",
+        extra_args: Sequence[str] = (),
+        failure: type[Exception] = RuntimeError,
     ) -> None:
         self.env = env
-        self.log_path = log_path
+        self.log = log
         self.nodename = nodename
+        self.failure = failure
         self.args = [
             str(VENV_BIN / "celery"),
             "-A",
@@ -150,37 +158,48 @@ class Worker:
             ",".join(queues),
             "-n",
             nodename,
-            "-c",
-            str(concurrency),
+            *([] if concurrency is None else ["-c", str(concurrency)]),
             "--without-mingle",
             "--without-gossip",
             "-l",
             "info",
+            *extra_args,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, ready_timeout: float = 90.0) -> Worker:
+    def start(self, *, ready_timeout: float = 90.0) -> Self:
+        # Only this worker's settings: none inherited from whoever runs the rig.
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOXTASKS_")}
         env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
-        with open(self.log_path, "ab") as out:
+        with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 self.args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_for(self._ready, timeout=ready_timeout, interval=0.1, what=f"worker {self.nodename} ready")
+        deadline = time.monotonic() + ready_timeout
+        while not self._ready():
+            if time.monotonic() >= deadline:
+                raise self.failure(f"worker {self.nodename} not ready after {ready_timeout:g}s (log {self.log})")
+            time.sleep(0.1)
         return self
 
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"worker {self.nodename} exited with {self.proc.returncode}:\n{self.tail()}")
-        return " ready." in self.log_path.read_text(errors="replace")
+            raise self.failure(f"worker {self.nodename} exited with {self.proc.returncode}:\n{self.tail()}")
+        return " ready." in self.log.read_text(errors="replace")
 
-    def tail(self, lines: int = 30) -> str:
+    def tail(self, lines: int = 40) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    @property
+    def pid(self) -> int:
+        """The worker's main process (and its process group)."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def children(self) -> list[int]:
         """Pids of the pool processes (children of the main worker process)."""
@@ -197,7 +216,14 @@ class Worker:
                 found.append(int(stat.parent.name))
         return found
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def kill_all(self) -> None:
+        """SIGKILL the main process and every child at once: a host that dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the group (a warm shutdown), then SIGKILL it if it lingers."""
         if self.proc is None:
             return
@@ -331,7 +357,7 @@ def record_failure(
     if not isinstance(err, expected):
         log("".join(traceback.format_exception(err)))
     elif worker is not None:
-        log(f"worker log ({worker.log_path}), last lines:\n{worker.tail()}")
+        log(f"worker log ({worker.log}), last lines:\n{worker.tail()}")
 
 
 def finish_run(

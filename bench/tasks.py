@@ -637,9 +637,9 @@ def render_table(result: dict[str, Any]) -> str:
 
     t = result.get("throughput")
     if t:
-        runs = f"{t['n']} x {t['rounds']} rounds"
+        runs = f"{t['n']} x {t['rounds']}"
         add(
-            f"(a) bare Celery no-op recorded by Celery in the db, {runs}",
+            f"(a) Celery no-op recorded in the same db, {runs}",
             f"{t['celery_db']['tasks_per_s']:.1f} tasks/s",
         )
         add("(a) locked no-op apptask (task row + lock row)", f"{t['locked']['tasks_per_s']:.1f} tasks/s")

@@ -38,15 +38,21 @@ def test_no_errors_and_every_task_ended_as_intended(report: dict[str, Any]) -> N
 
 def test_throughput_shape(report: dict[str, Any]) -> None:
     t = report["throughput"]
+    assert set(t["kinds"]) == {"bare", "celery_db", "row_only", "locked"}
     for section in (t, t["prefilled"]):
-        for kind in ("bare", "locked"):
+        for kind in t["kinds"]:
             assert section[kind]["tasks"] == t["n"] * t["rounds"]
             assert _number(section[kind]["tasks_per_s"]) and section[kind]["tasks_per_s"] > 0
             assert _number(section[kind]["seconds"])
-        assert _number(section["ratio"])
-        assert len(section["ratio_per_round"]) == t["rounds"]
+        for ratios in (section, section["vs_bare"]):
+            assert _number(ratios["ratio"])
+            assert len(ratios["ratio_per_round"]) == t["rounds"]
+    # The headline compares with Celery recording its tasks in the same database.
+    assert t["baseline"] == "celery_db"
+    assert t["ratio"] == round(t["locked"]["tasks_per_s"] / t["celery_db"]["tasks_per_s"], 3)
     assert t["target"] == 0.8
-    assert isinstance(t["met"], bool)
+    assert isinstance(t["met"], bool) and isinstance(t["vs_bare"]["met"], bool)
+    assert _number(t["row_only_vs_bare"])
     assert _number(t["extra_process_ms_per_locked_task"])
 
 
