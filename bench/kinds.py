@@ -47,7 +47,7 @@ def _work(ctx: RunContext, seconds: float, label: str) -> dict[str, float]:
 
 @app.task(name="bench.bare", ignore_result=True)  # type: ignore[untyped-decorator]
 def bench_bare() -> None:
-    """The strictest baseline: a Celery task that writes nothing anywhere."""
+    """The baseline of (a): a bare Celery task that writes nothing anywhere."""
 
 
 @functools.cache
@@ -66,7 +66,8 @@ def _make_backend_before_the_fork(**_: Any) -> None:
 
 class _RecordedByCelery(Task):  # type: ignore[misc]
     """A task whose state Celery itself keeps in the database: STARTED (track_started) and SUCCESS
-    rows in `celery_taskmeta`, which is how a Celery deployment records tasks in MySQL."""
+    rows in `celery_taskmeta`, as Celery does when given a database result backend (boxtasks's
+    own configuration keeps none: its record is the tasks table)."""
 
     @property
     def backend(self) -> DatabaseBackend:
@@ -75,7 +76,7 @@ class _RecordedByCelery(Task):  # type: ignore[misc]
 
 @app.task(name="bench.celery_db", base=_RecordedByCelery, ignore_result=False)  # type: ignore[untyped-decorator]
 def bench_celery_db() -> None:
-    """A bare Celery no-op on the same broker and database: Celery records it there itself."""
+    """A Celery no-op that Celery records in the same database: a reference for (a)."""
 
 
 @app.task(name="boxtasks.bench_row_only", bind=True)  # type: ignore[untyped-decorator]

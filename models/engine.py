@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import weakref
 from typing import Any
@@ -71,9 +72,19 @@ SKIP_AUTOCOMMIT_ROLLBACK: dict[str, Any] = (
     else {}
 )
 
-#: Each engine's autocommit companion (see `autocommit_engine`), dropped with the engine.
+#: Each engine's autocommit companion (see `autocommit_engine`), until the engine is disposed.
 _COMPANIONS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 _COMPANIONS_LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A thread of the parent (the worker's reaper, say) may have held the lock at the fork: in the
+    # child it would stay held for good.
+    global _COMPANIONS_LOCK
+    _COMPANIONS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def autocommit_engine(engine: Engine) -> Engine:
@@ -82,33 +93,41 @@ def autocommit_engine(engine: Engine) -> Engine:
     Through `engine`, a one-statement write costs a ping (pre-ping), the statement, a COMMIT and,
     when the connection goes back to the pool, a ROLLBACK (its reset). Here the statement commits
     by itself: no transaction to end, no reset, no ping. A pooled connection the server has closed
-    (a restart, wait_timeout) fails its statement and invalidates the pool: the caller's retry gets
-    a new one (`tasks.records` retries its idempotent writes once). Same database and driver arguments, a small
-    pool of its own, gone with `engine` (after a fork, `dispose_after_fork` drops it).
+    (a restart, wait_timeout) fails its statement and invalidates the pool: the caller's retry
+    gets a new one (`tasks.records` retries its idempotent writes once). Same URL, driver
+    arguments and echo, a small pool of its own (up to 10 connections), disposed with `engine`.
+    SQLite has no round trips to save: there it is `engine` in autocommit mode, on the same pool
+    (so an in-memory database stays the same database).
     Only for statements that stand alone: never for a transaction.
     """
+    if engine.url.get_backend_name() == "sqlite":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
     with _COMPANIONS_LOCK:
         companion = _COMPANIONS.get(engine)
         if companion is None:
-            companion = _COMPANIONS[engine] = _make_autocommit(engine)
+            companion = _COMPANIONS[engine] = create_engine(
+                engine.url,
+                echo=engine.echo,
+                connect_args=driver_connect_args(engine.url),
+                isolation_level="AUTOCOMMIT",
+                pool_pre_ping=False,
+                pool_reset_on_return=None,
+                pool_recycle=300,
+                pool_size=2,
+                max_overflow=8,
+                **SKIP_AUTOCOMMIT_ROLLBACK,
+            )
+            if not event.contains(engine, "engine_disposed", _dispose_companion):
+                event.listen(engine, "engine_disposed", _dispose_companion)
     return companion
 
 
-def _make_autocommit(engine: Engine) -> Engine:
-    url = engine.url
-    options: dict[str, Any] = {
-        "isolation_level": "AUTOCOMMIT",
-        "pool_pre_ping": False,
-        "pool_reset_on_return": None,
-        **SKIP_AUTOCOMMIT_ROLLBACK,
-    }
-    if url.get_backend_name() == "sqlite":
-        companion = create_engine(url, connect_args={"timeout": 30}, **options)
-        event.listen(companion, "connect", _sqlite_pragmas)
-        return companion
-    return create_engine(
-        url, connect_args=driver_connect_args(url), pool_recycle=300, pool_size=2, max_overflow=8, **options
-    )
+def _dispose_companion(engine: Engine) -> None:
+    """`engine` was disposed: so is its companion (a later write makes a new one)."""
+    with _COMPANIONS_LOCK:
+        companion = _COMPANIONS.pop(engine, None)
+    if companion is not None:
+        companion.dispose()
 
 
 @functools.cache
@@ -120,11 +139,15 @@ def get_engine() -> Engine:
 
 def dispose_after_fork() -> None:
     """Drop pooled connections inherited from a parent process without closing the parent's sockets."""
+    # The companions first, and taken out of the map: the engine's dispose below would otherwise
+    # dispose its companion with close=True, closing sockets the parent still uses.
+    with _COMPANIONS_LOCK:
+        companions = list(_COMPANIONS.values())
+        _COMPANIONS.clear()
+    for companion in companions:
+        companion.dispose(close=False)
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
-    with _COMPANIONS_LOCK:
-        for companion in list(_COMPANIONS.values()):
-            companion.dispose(close=False)
 
 
 @functools.cache

@@ -81,11 +81,12 @@ _FINISH = {
 
 
 def _write(engine: Engine, stmt: Executable, values: dict[str, Any], *, again_if_dropped: bool) -> CursorResult[Any]:
-    """Run one statement that commits by itself: one round trip (see `models.autocommit_engine`).
+    """Run one statement that commits by itself: one round trip (see `models.engine.autocommit_engine`).
 
     `again_if_dropped`: the statement is idempotent, so a connection the server had dropped
     (restart, wait_timeout) is replaced and the statement sent once more. Writes whose callers
-    must tell "applied twice" from "moved under us" (claim, waiting) leave that to the caller.
+    must tell "applied twice" from "moved under us" (the INSERT, claim, waiting) sort that out
+    themselves.
     """
     for attempt in (1, 2):
         try:
@@ -124,14 +125,21 @@ def create(
         "message": "Queued",
         "locks": {},
     }
-    try:
-        _write(engine, _INSERT, row, again_if_dropped=True)
-    except IntegrityError:
-        # Sent again after a dropped connection whose INSERT had landed: the row is ours.
-        found = get(engine, task_id)
-        if found is None or (found.type, found.args) != (kind, args):
+    for attempt in (1, 2):
+        try:
+            _write(engine, _INSERT, row, again_if_dropped=False)
+            return task_id
+        except IntegrityError:
+            # Only a second attempt may find its own row: the first one landed, then its
+            # connection dropped before the answer came back.
+            found = get(engine, task_id) if attempt == 2 else None
+            if found is not None and (found.type, found.args) == (kind, args):
+                return task_id
             raise
-    return task_id
+        except DBAPIError as err:
+            if attempt == 2 or not err.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def get(engine: Engine, task_id: str) -> Row[Any] | None:

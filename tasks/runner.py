@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -305,13 +304,27 @@ def _to_waiting(
     `running` and was dropped, so it looks once more now that the row says `waiting`.
     """
     doing = "waiting" if checkpoint is None else "parking"
-    if not _db_retry(
-        rt,
-        f"{doing} state of task {task_id}",
-        partial(
-            records.to_waiting, rt.engine, task_id, pid=rt.pid, message=message, waits=waits, checkpoint=checkpoint
-        ),
-    ):
+    tries = 0
+
+    def once() -> str:
+        nonlocal tries
+        tries += 1
+        if records.to_waiting(rt.engine, task_id, pid=rt.pid, message=message, waits=waits, checkpoint=checkpoint):
+            return "written"
+        # Sent again after a lost answer, the write finds the row already as the first one left it
+        # (still ours), or claimed since by the wake-up of a release: then the task runs there.
+        row = records.get(rt.engine, task_id) if tries > 1 else None
+        if row is not None and (row.worker, row.pid) == (rt.worker, rt.pid):
+            return "written" if row.state == TaskState.WAITING.value else "moved"
+        if row is not None and row.state == TaskState.RUNNING.value:
+            return "taken"
+        return "moved"
+
+    written = _db_retry(rt, f"{doing} state of task {task_id}", once)
+    if written == "taken":
+        return RunResult(Outcome.SKIPPED, message="claimed by a wake-up")
+    if written == "moved":
+        # A stop, or the task judged dead: whatever it held is no longer ours to keep.
         _wake_ready(rt, _db_retry(rt, f"lock release of task {task_id}", lambda: rt.manager.release(task_id)))
         return RunResult(Outcome.SKIPPED, message=f"row changed while {doing}")
     if _db_retry(rt, "lock row read", lambda: rt.manager.snapshot()).table.blockers_of(task_id):

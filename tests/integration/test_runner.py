@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import OperationalError
 
 from lockman import lock_set
 from models import Task
@@ -103,3 +104,33 @@ def test_live_run_is_never_duplicated(runtime: tuple[Runtime, list[str]], engine
     result = execute(rt, alive, "apptask", PLAN, lambda c: pytest.fail("second copy"))
     assert result.outcome is Outcome.SKIPPED and result.message == "another copy is alive"
     assert records.get(engine, alive).state == "running"  # type: ignore[union-attr]
+
+
+def test_a_waiting_write_whose_answer_was_lost_keeps_the_task_waiting(
+    runtime: tuple[Runtime, list[str]], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `waiting` write lands, then its connection drops before the answer: sent again, it
+    matches nothing, and the runner must see that the row is its own, still waiting in the queue
+    (not a stop, which would take it out of the lock queue)."""
+    rt, _ = runtime
+    holder, blocked = _task(engine), _task(engine)
+    write = records.to_waiting
+    calls: list[int] = []
+
+    def lands_then_drops(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        landed = write(*args, **kwargs)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE tasks ...", {}, ConnectionResetError("answer lost"))
+        return landed
+
+    monkeypatch.setattr(records, "to_waiting", lands_then_drops)
+
+    def body(ctx: RunContext) -> None:
+        result = execute(rt, blocked, "apptask", PLAN, lambda c: pytest.fail("ran while app:a was held"))
+        assert result.outcome is Outcome.WAITING, result
+        assert rt.manager.snapshot().table.waiter_of(blocked) is not None
+
+    assert execute(rt, holder, "apptask", PLAN, body).outcome is Outcome.SUCCEEDED
+    assert len(calls) == 2
+    assert records.get(engine, blocked).state == "waiting"  # type: ignore[union-attr]
