@@ -134,3 +134,34 @@ def test_a_waiting_write_whose_answer_was_lost_keeps_the_task_waiting(
     assert execute(rt, holder, "apptask", PLAN, body).outcome is Outcome.SUCCEEDED
     assert len(calls) == 2
     assert records.get(engine, blocked).state == "waiting"  # type: ignore[union-attr]
+
+
+def test_a_waiting_write_whose_task_was_claimed_meanwhile_leaves_it_to_that_claim(
+    runtime: tuple[Runtime, list[str]], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but between the lost answer and the second send a release woke the task and
+    another process claimed it: this run steps aside without touching the task's locks."""
+    rt, _ = runtime
+    holder, blocked = _task(engine), _task(engine)
+    write = records.to_waiting
+    calls: list[int] = []
+
+    def lands_then_drops(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        landed = write(*args, **kwargs)
+        if len(calls) == 1:
+            assert records.claim(engine, blocked, worker="other@test", pid=77).claimed  # the wake-up, elsewhere
+            raise OperationalError("UPDATE tasks ...", {}, ConnectionResetError("answer lost"))
+        return landed
+
+    monkeypatch.setattr(records, "to_waiting", lands_then_drops)
+
+    def body(ctx: RunContext) -> None:
+        result = execute(rt, blocked, "apptask", PLAN, lambda c: pytest.fail("ran in the wrong process"))
+        assert (result.outcome, result.message) == (Outcome.SKIPPED, "claimed by a wake-up")
+        # Its place in the lock queue is the other process's now: not withdrawn here.
+        assert rt.manager.snapshot().table.waiter_of(blocked) is not None
+
+    assert execute(rt, holder, "apptask", PLAN, body).outcome is Outcome.SUCCEEDED
+    row = records.get(engine, blocked)
+    assert row is not None and (row.state, row.worker, row.pid) == ("running", "other@test", 77)
