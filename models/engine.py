@@ -77,14 +77,17 @@ _COMPANIONS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictiona
 _COMPANIONS_LOCK = threading.Lock()
 
 
-def _new_lock_in_child() -> None:
-    # A thread of the parent (the worker's reaper, say) may have held the lock at the fork: in the
-    # child it would stay held for good.
+def _forget_companions_in_child() -> None:
+    # The parent's companions use the parent's sockets: the child makes its own. Dropped without a
+    # dispose (which would close those sockets for the parent too); the drivers' finalizers only
+    # close the child's copies of the descriptors. And a thread of the parent (the worker's reaper,
+    # say) may have held the lock at the fork: in the child it would stay held for good.
     global _COMPANIONS_LOCK
     _COMPANIONS_LOCK = threading.Lock()
+    _COMPANIONS.clear()
 
 
-os.register_at_fork(after_in_child=_new_lock_in_child)
+os.register_at_fork(after_in_child=_forget_companions_in_child)
 
 
 def autocommit_engine(engine: Engine) -> Engine:
@@ -97,7 +100,8 @@ def autocommit_engine(engine: Engine) -> Engine:
     gets a new one (`tasks.records` retries its idempotent writes once). Same URL, driver
     arguments and echo, a small pool of its own (up to 10 connections), disposed with `engine`.
     SQLite has no round trips to save: there it is `engine` in autocommit mode, on the same pool
-    (so an in-memory database stays the same database).
+    (so an in-memory database stays the same database; there, a write made while the same thread
+    has a transaction open on `engine` commits that transaction too: its connection is shared).
     Only for statements that stand alone: never for a transaction.
     """
     if engine.url.get_backend_name() == "sqlite":
@@ -139,13 +143,8 @@ def get_engine() -> Engine:
 
 def dispose_after_fork() -> None:
     """Drop pooled connections inherited from a parent process without closing the parent's sockets."""
-    # The companions first, and taken out of the map: the engine's dispose below would otherwise
-    # dispose its companion with close=True, closing sockets the parent still uses.
-    with _COMPANIONS_LOCK:
-        companions = list(_COMPANIONS.values())
-        _COMPANIONS.clear()
-    for companion in companions:
-        companion.dispose(close=False)
+    # The companions made before the fork are already forgotten here (`_forget_companions_in_child`),
+    # so the dispose below, whose event disposes an engine's companion, cannot close theirs.
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
 

@@ -51,8 +51,12 @@ _PROGRESS = (
     .where(_BY_ID, _tasks.c.state == TaskState.RUNNING.value)
     .values(percent=_param("percent", "percent"), message=_param("message", "message"))
 )
+#: Only the running process's own row: pids repeat across hosts (containers), so the node too.
 _TO_WAITING_BASE = update(_tasks).where(
-    _BY_ID, _tasks.c.state == TaskState.RUNNING.value, _tasks.c.pid == bindparam("running_pid")
+    _BY_ID,
+    _tasks.c.state == TaskState.RUNNING.value,
+    _tasks.c.worker == bindparam("running_worker"),
+    _tasks.c.pid == bindparam("running_pid"),
 )
 _TO_WAITING_VALUES = {
     "state": TaskState.WAITING.value,
@@ -165,6 +169,7 @@ def to_waiting(
     engine: Engine,
     task_id: str,
     *,
+    worker: str,
     pid: int,
     message: str,
     waits: dict[str, str],
@@ -173,10 +178,12 @@ def to_waiting(
     """Give up the process: the task waits for locks, and a release will wake it.
 
     With `checkpoint` the task *parks*: it keeps the locks it holds and, woken, resumes from what
-    `checkpoint` says it has done. False when the row is no longer this process's running task.
+    `checkpoint` says it has done. False when the row is no longer the running task of this
+    process (`worker`, `pid`).
     """
     values: dict[str, Any] = {
         "task_id": task_id,
+        "running_worker": worker,
         "running_pid": pid,
         "message": message[:512],
         "locks": {"waits": waits},

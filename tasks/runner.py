@@ -309,16 +309,19 @@ def _to_waiting(
     def once() -> str:
         nonlocal tries
         tries += 1
-        if records.to_waiting(rt.engine, task_id, pid=rt.pid, message=message, waits=waits, checkpoint=checkpoint):
+        if records.to_waiting(
+            rt.engine, task_id, worker=rt.worker, pid=rt.pid, message=message, waits=waits, checkpoint=checkpoint
+        ):
             return "written"
         # Sent again after a lost answer, the write finds the row already as the first one left it
-        # (still ours), or claimed since by the wake-up of a release: then the task runs there.
+        # (still ours), or claimed since by the wake-up of a release: the task is then another
+        # process's, whatever its state now, and so are its locks and its place in the queue.
         row = records.get(rt.engine, task_id) if tries > 1 else None
-        if row is not None and (row.worker, row.pid) == (rt.worker, rt.pid):
-            return "written" if row.state == TaskState.WAITING.value else "moved"
-        if row is not None and row.state == TaskState.RUNNING.value:
+        if row is None:
+            return "moved"
+        if (row.worker, row.pid) != (rt.worker, rt.pid):
             return "taken"
-        return "moved"
+        return "written" if row.state == TaskState.WAITING.value else "moved"
 
     written = _db_retry(rt, f"{doing} state of task {task_id}", once)
     if written == "taken":

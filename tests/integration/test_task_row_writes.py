@@ -3,6 +3,8 @@ server drops their connection, when an id is taken, and the companion engine's l
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -86,3 +88,26 @@ def test_sqlite_in_memory_writes_land_in_the_same_database() -> None:
         assert engine not in _COMPANIONS
     finally:
         engine.dispose()
+
+
+def test_an_insert_whose_answer_was_lost_finds_its_own_row_when_sent_again(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The INSERT lands, then its connection drops before the answer: the second send meets its
+    own row (same id, kind and arguments) and the enqueue goes on."""
+    write = records._write
+    calls: list[int] = []
+
+    def lands_then_drops(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        result = write(*args, **kwargs)
+        if len(calls) == 1:
+            lost = ConnectionResetError("answer lost")
+            raise DBAPIError("INSERT INTO tasks ...", {}, lost, connection_invalidated=True)
+        return result
+
+    monkeypatch.setattr(records, "_write", lands_then_drops)
+    task_id = records.create(engine, kind="apptask", queue="apptask", args={"app_id": "a"}, app_id="a")
+    assert len(calls) == 2
+    row = records.get(engine, task_id)
+    assert row is not None and (row.state, row.args) == ("queued", {"app_id": "a"})
