@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, update
-from sqlalchemy.exc import OperationalError
 
 from lockman import lock_set
 from models import Task
 from tasks import records
 from tasks.errors import TaskStopped
 from tasks.runner import Outcome, RunContext, Runtime, execute
+from tests.lostanswer import lose_first_answer
 
 PLAN = lock_set({"platform": "S", "app:a": "X"})
 
@@ -114,17 +114,7 @@ def test_a_waiting_write_whose_answer_was_lost_keeps_the_task_waiting(
     (not a stop, which would take it out of the lock queue)."""
     rt, _ = runtime
     holder, blocked = _task(engine), _task(engine)
-    write = records.to_waiting
-    calls: list[int] = []
-
-    def lands_then_drops(*args: Any, **kwargs: Any) -> bool:
-        calls.append(1)
-        landed = write(*args, **kwargs)
-        if len(calls) == 1:
-            raise OperationalError("UPDATE tasks ...", {}, ConnectionResetError("answer lost"))
-        return landed
-
-    monkeypatch.setattr(records, "to_waiting", lands_then_drops)
+    calls = lose_first_answer(monkeypatch, "to_waiting")
 
     def body(ctx: RunContext) -> None:
         result = execute(rt, blocked, "apptask", PLAN, lambda c: pytest.fail("ran while app:a was held"))
@@ -143,18 +133,10 @@ def test_a_waiting_write_whose_task_was_claimed_meanwhile_leaves_it_to_that_clai
     another process claimed it: this run steps aside without touching the task's locks."""
     rt, _ = runtime
     holder, blocked = _task(engine), _task(engine)
-    write = records.to_waiting
-    calls: list[int] = []
-
-    def lands_then_drops(*args: Any, **kwargs: Any) -> bool:
-        calls.append(1)
-        landed = write(*args, **kwargs)
-        if len(calls) == 1:
-            assert records.claim(engine, blocked, worker="other@test", pid=77).claimed  # the wake-up, elsewhere
-            raise OperationalError("UPDATE tasks ...", {}, ConnectionResetError("answer lost"))
-        return landed
-
-    monkeypatch.setattr(records, "to_waiting", lands_then_drops)
+    # Meanwhile the wake-up of a release, in another process, claims it.
+    calls = lose_first_answer(
+        monkeypatch, "to_waiting", meanwhile=lambda: records.claim(engine, blocked, worker="other@test", pid=77)
+    )
 
     def body(ctx: RunContext) -> None:
         result = execute(rt, blocked, "apptask", PLAN, lambda c: pytest.fail("ran in the wrong process"))
@@ -163,5 +145,6 @@ def test_a_waiting_write_whose_task_was_claimed_meanwhile_leaves_it_to_that_clai
         assert rt.manager.snapshot().table.waiter_of(blocked) is not None
 
     assert execute(rt, holder, "apptask", PLAN, body).outcome is Outcome.SUCCEEDED
+    assert len(calls) == 2
     row = records.get(engine, blocked)
     assert row is not None and (row.state, row.worker, row.pid) == ("running", "other@test", 77)

@@ -3,8 +3,6 @@ server drops their connection, when an id is taken, and the companion engine's l
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -12,6 +10,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from models import Base, TaskState, make_engine
 from models.engine import _COMPANIONS, autocommit_engine
 from tasks import records
+from tests.lostanswer import lose_first_answer
 from tests.services import MARIADB_ADMIN
 
 
@@ -95,18 +94,7 @@ def test_an_insert_whose_answer_was_lost_finds_its_own_row_when_sent_again(
 ) -> None:
     """The INSERT lands, then its connection drops before the answer: the second send meets its
     own row (same id, kind and arguments) and the enqueue goes on."""
-    write = records._write
-    calls: list[int] = []
-
-    def lands_then_drops(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        result = write(*args, **kwargs)
-        if len(calls) == 1:
-            lost = ConnectionResetError("answer lost")
-            raise DBAPIError("INSERT INTO tasks ...", {}, lost, connection_invalidated=True)
-        return result
-
-    monkeypatch.setattr(records, "_write", lands_then_drops)
+    calls = lose_first_answer(monkeypatch, "_write")
     task_id = records.create(engine, kind="apptask", queue="apptask", args={"app_id": "a"}, app_id="a")
     assert len(calls) == 2
     row = records.get(engine, task_id)
