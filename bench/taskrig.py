@@ -42,14 +42,22 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.02, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.02,
+    what: str = "",
+    failure: type[Exception] = TimeoutError,
+) -> Any:
+    """The first true value of `predicate`, asked every `interval` s; `failure` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+            raise failure(f"timed out after {timeout:g}s waiting for {what or predicate}")
         time.sleep(interval)
 
 

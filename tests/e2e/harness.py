@@ -25,14 +25,8 @@ FINAL = {s.value for s in FINAL_STATES}
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    """`bench.taskrig.wait_for`, failing as a test does."""
+    return taskrig.wait_for(predicate, timeout=timeout, interval=interval, what=what, failure=AssertionError)
 
 
 @dataclass
