@@ -321,7 +321,7 @@ def _to_waiting(
             return "moved"
         if (row.worker, row.pid) != (rt.worker, rt.pid):
             return "taken"
-        return "written" if row.state == TaskState.WAITING.value else "moved"
+        return "written" if _landed(rt, row, TaskState.WAITING) else "moved"
 
     written = _db_retry(rt, f"{doing} state of task {task_id}", once)
     if written == "taken":
@@ -436,18 +436,17 @@ def _claim(rt: Runtime, task_id: str, plan: LockSet) -> records.Claim:
         nonlocal tries
         tries += 1
         claim = records.claim(rt.engine, task_id, worker=rt.worker, pid=rt.pid, plan=lockset_to_dict(plan))
-        row = claim.row
-        if (
-            not claim.claimed
-            and tries > 1
-            and row is not None
-            and row.state == TaskState.RUNNING.value
-            and (row.worker, row.pid) == (rt.worker, rt.pid)
-        ):
+        if not claim.claimed and tries > 1 and _landed(rt, claim.row, TaskState.RUNNING):
             return records.Claim(True, None)
         return claim
 
     return _db_retry(rt, f"claim of task {task_id}", once)
+
+
+def _landed(rt: Runtime, row: Any, state: TaskState) -> bool:
+    """Whether `row` is as this process's own write left it (`state`, our worker and pid): sent
+    again after a lost answer, a conditional write finds its first send already applied."""
+    return row is not None and row.state == state.value and (row.worker, row.pid) == (rt.worker, rt.pid)
 
 
 def _db_retry(rt: Runtime, what: str, step: Callable[[], T]) -> T:

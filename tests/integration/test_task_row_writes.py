@@ -3,12 +3,14 @@ server drops their connection, when an id is taken, and the companion engine's l
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models import Base, TaskState, make_engine
-from models.engine import _COMPANIONS, autocommit_engine
+from models.engine import _COMPANIONS, autocommit_engine, dispose_after_fork
 from tasks import records
 from tests.lostanswer import lose_first_answer
 from tests.services import MARIADB_ADMIN
@@ -99,3 +101,37 @@ def test_an_insert_whose_answer_was_lost_finds_its_own_row_when_sent_again(
     assert len(calls) == 2
     row = records.get(engine, task_id)
     assert row is not None and (row.state, row.args) == ("queued", {"app_id": "a"})
+
+
+@pytest.mark.mariadb
+def test_a_forked_child_makes_its_own_companion_and_leaves_the_parents_connection_alone(mariadb_url: str) -> None:
+    """What a Celery pool process does after the fork (`worker_process_init`): its writes must not
+    go through, nor close, the connection the parent's companion keeps (a dispose with close=True
+    in the child would send QUIT on the parent's socket)."""
+    engine = make_engine(mariadb_url)
+    try:
+        task_id = records.create(engine, kind="apptask", queue="apptask", args={}, app_id="a")
+        assert records.claim(engine, task_id, worker="w1", pid=1).claimed  # progress is for a running task
+        parents = autocommit_engine(engine)
+        with parents.connect() as conn:
+            before = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+        pid = os.fork()
+        if pid == 0:  # the child: report by exit code only, never return into pytest
+            code = 1
+            try:
+                dispose_after_fork()
+                engine.dispose(close=False)  # its own copy of the parent's engine, as after any fork
+                records.progress(engine, task_id, 10, "from the child")
+                landed = records.get(engine, task_id).percent == 10  # type: ignore[union-attr]
+                code = 0 if landed and autocommit_engine(engine) is not parents else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with parents.connect() as conn:
+            assert conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one() == before
+        records.progress(engine, task_id, 20, "from the parent")
+        row = records.get(engine, task_id)
+        assert row is not None and (row.percent, row.message) == (20, "from the parent")
+    finally:
+        engine.dispose()
