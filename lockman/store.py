@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import Connection, Dialect, Executable, Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
@@ -217,15 +217,18 @@ class _DriverSQL:
         self._other: dict[Executable, _Compiled] = {}
         self._reads = {lock: _Compiled(stmt, dialect) for lock, stmt in store._reads.items()}
         self._cas = _Compiled(store._cas, dialect)
-        # The document goes into the statement as a hex literal: PyMySQL escapes a string parameter
-        # character by character (about 60 us for a 2 KB document, inside the critical section),
-        # while hex is made at C speed and, being only [0-9a-f], needs no escaping at all.
-        self._cas_head, self._cas_tail = self._cas.sql.split("%(data)s")
-        self._cas_fixed = {name: value for name, value in self._cas.args({}).items() if name != "data"}
+        # The hot statements as final SQL text, rendered once with the connection's own quoting
+        # (`_render`), so that no parameter is escaped per call inside the critical section.
+        self._read_sql: dict[Lock, str] = {}
+        self._cas_parts: tuple[str, str, str] | None = None
         json_deserializer = getattr(dialect, "_json_deserializer", None)
         json_serializer = getattr(dialect, "_json_serializer", None)
-        self._loads = json_deserializer or json.loads
-        self._dumps = json_serializer or json.dumps
+        # orjson unless the engine names its own codec: the document is parsed and written once
+        # per write, the writing inside the row lock, and orjson does both 3-8x faster than `json`.
+        self._loads: Callable[[str | bytes], Any] = json_deserializer or orjson.loads
+        self._dumps: Callable[[Any], bytes] = (
+            orjson.dumps if json_serializer is None else (lambda doc: json_serializer(doc).encode("utf-8"))
+        )
 
     def fetch_all(self, conn: Connection, stmt: Executable, values: dict[str, Any]) -> list[tuple[Any, ...]]:
         compiled = self._other.get(stmt)
@@ -238,22 +241,28 @@ class _DriverSQL:
             return [tuple(row) for row in cursor.fetchall()]
 
     def fetch_one(self, conn: Connection, lock: Lock) -> tuple[Any, ...] | None:
-        stmt = self._reads[lock]
-        with _translated(conn, stmt.sql) as cursor:
-            cursor.execute(stmt.sql, stmt.args({}))
+        sql = self._read_sql.get(lock)
+        with _translated(conn, self._reads[lock].sql) as cursor:
+            if sql is None:
+                stmt = self._reads[lock]
+                sql = self._read_sql[lock] = cursor.mogrify(stmt.sql, stmt.args({}))
+            cursor.execute(sql)
             row = cursor.fetchone()
         return None if row is None else tuple(row)
 
     def swap(self, conn: Connection, doc: Mapping[str, Any], seen: int, *, commit: bool) -> bool:
-        text = self._dumps(doc)
-        literal = "CONVERT(X'" + text.encode("utf-8").hex() + "' USING utf8mb4)"
-        sql = self._cas_head + literal + self._cas_tail
+        # The document goes into the statement as a hex literal: PyMySQL escapes a string parameter
+        # character by character (about 60 us for a 2 KB document, inside the critical section),
+        # while hex is made at C speed and, being only [0-9a-f], needs no escaping at all.
+        literal = "CONVERT(X'" + self._dumps(doc).hex() + "' USING utf8mb4)"
         dbapi_conn = conn.connection.dbapi_connection
         together = commit and bool(getattr(dbapi_conn, "client_flag", 0) & MULTI_STATEMENTS)
-        if together:
-            sql += "; COMMIT"
-        with _translated(conn, sql) as cursor:
-            matched = cursor.execute(sql, {**self._cas_fixed, "seen": seen})
+        with _translated(conn, self._cas.sql) as cursor:
+            head, middle, tail = self._cas_parts or self._render_cas(cursor)
+            sql = head + literal + middle + str(int(seen)) + tail
+            if together:
+                sql += "; COMMIT"
+            matched = cursor.execute(sql)
             if together:
                 while cursor.nextset():  # the COMMIT's result; an error in it raises here
                     pass
@@ -261,6 +270,18 @@ class _DriverSQL:
                 assert dbapi_conn is not None
                 dbapi_conn.commit()
         return bool(matched == 1)
+
+    def _render_cas(self, cursor: Any) -> tuple[str, str, str]:
+        """The compare-and-swap as text around its two per-call values, the document and `seen`."""
+        marks = {"data": "\x01DATA\x01", "seen": "\x01SEEN\x01"}
+        template = self._cas.sql
+        for name, mark in marks.items():
+            template = template.replace(f"%({name})s", mark)
+        rendered: str = cursor.mogrify(template, self._cas.args({}))
+        head, rest = rendered.split(marks["data"])
+        middle, tail = rest.split(marks["seen"])
+        self._cas_parts = (head, middle, tail)
+        return self._cas_parts
 
     def decode(self, data: Any) -> Any:
         if isinstance(data, bytes):
