@@ -15,8 +15,9 @@ from lockman.errors import (
     LockStateError,
     LockTimeoutError,
 )
-from lockman.manager import Grant, LockManager, LockStats, Release
+from lockman.manager import Grant, LockManager, LockStats
 from lockman.plan import LockSet, Mode, conflicts, lock_set
+from lockman.requests import Release, Request
 from lockman.store import Snapshot
 from lockman.table import Blocker, Decision, Granted, Holder, LockTable, Queued, Waiter
 
@@ -48,5 +49,6 @@ __all__ = [
     "LockManager",
     "LockStats",
     "Release",
+    "Request",
     "Snapshot",
 ]

@@ -18,6 +18,16 @@ what `_mutate` chooses is how to get `:seen` and `:new` cheaply, by how the last
    travels with the UPDATE, so the row lock is held for two round trips and one computation.
    The version check stays, so a writer on another path still cannot lose an update.
    SQLite has no row locks: there a lost race backs off with jitter and tries again.
+4. **Queued, with requests posted** (MariaDB; in place of 3). Each hold of the row above spans a
+   round trip to a client, and on 2 CPUs that round trip, not the work, sets the row's rate. So a
+   writer that queues first posts its operation (`lockman.requests.Request`) as a row of its own
+   transaction that is never committed, in the same round trip as its locked read. Whoever holds
+   the row reads every pending request (uncommitted reads), applies them all in posting order in
+   its one compare-and-swap, and leaves each answer in the document. A writer that then finds its
+   answer there rolls back inside that same round trip, in the server: it writes nothing and holds
+   the row for no round trip of its own. One write, and one client round trip in the hold, serve
+   every writer that was waiting (`_posted`). A request goes with its writer's transaction, so a
+   writer that dies leaves nothing behind, and answers stay until their requests are gone.
 
 A step that will most likely write nothing (a waiter asking again whether it may go) is read
 without the row lock whatever the contention: a locked read would hold up the writers for nothing.
@@ -47,12 +57,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from lockman.errors import LockError, LockLostError, LockTimeoutError
 from lockman.plan import LockSet, lock_set
-from lockman.store import MULTI_STATEMENTS, LockStore, Snapshot
-from lockman.table import Decision, Granted, Holder, LockTable, Queued, Waiter
+from lockman.requests import Answer, Release, Request, answer_from_json, answer_to_json
+from lockman.store import MULTI_STATEMENTS, DriverSQL, LockStore, Posted, Snapshot
+from lockman.table import Decision, Granted, LockTable, Queued
 from models.engine import SKIP_AUTOCOMMIT_ROLLBACK, driver_connect_args
 
 logger = logging.getLogger(__name__)
@@ -88,13 +99,6 @@ class Grant:
     locks: LockSet
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
-    released: tuple[Holder, ...]
-    #: Waiters that can now be granted: wake them.
-    ready: tuple[Waiter, ...]
-
-
 @dataclass(slots=True)
 class LockStats:
     operations: int = 0
@@ -102,6 +106,9 @@ class LockStats:
     cas_conflicts: int = 0
     cached_writes: int = 0
     queued_writes: int = 0
+    #: Posted requests (MariaDB): answered by the writer before us / applied by us for others.
+    answered_for_us: int = 0
+    applied_for_others: int = 0
     evicted: int = 0
     retried_errors: int = 0
 
@@ -205,10 +212,14 @@ class LockManager:
         # Fenced writes are not the hot path, and their connection is handed to the caller: ping it,
         # so one the server closed while idle (wait_timeout, a restart) is replaced, not failed.
         self._fence: Engine = create_engine(self.url, **{**common, "pool_pre_ping": True})
+        # The queued path with posted requests (`_posted`), where the database allows: its
+        # transactions read the requests that other writers have not committed (and never will).
+        self._posting: Engine = create_engine(tx_url, isolation_level="READ UNCOMMITTED", **common)
+        self._can_post: bool | None = None if self._queue_on_conflict and tx_url is not self.url else False
         if sqlite:
             from models.engine import _sqlite_pragmas
 
-            for engine in (self._auto, self._tx, self._fence):
+            for engine in (self._auto, self._tx, self._fence, self._posting):
                 event.listen(engine, "connect", _sqlite_pragmas)
 
     @classmethod
@@ -225,24 +236,16 @@ class LockManager:
         self._auto.dispose()
         self._tx.dispose()
         self._fence.dispose()
+        self._posting.dispose()
         self._forget()
 
     # ------------------------------------------------------------------ acquiring
 
     def try_acquire(self, owner: str, plan: Mapping[str, object] | LockSet, *, label: str = "") -> Decision:
         """Grant the whole plan now, or queue `owner` as a waiter (it keeps its place when it asks again)."""
-        locks = _as_lockset(plan)
-
-        def step(snap: Snapshot, dead: Prober) -> tuple[LockTable | None, Decision]:
-            new, decision = snap.table.request(owner, locks, token=snap.version + 1, label=label)
-            if isinstance(decision, Queued):
-                gone = dead(b.owner for b in decision.blockers)
-                if gone:
-                    self._log_eviction(gone)
-                    new, decision = snap.table.evict(gone).request(owner, locks, token=snap.version + 1, label=label)
-            return (None if new is snap.table else new), decision
-
-        return self._mutate(step)
+        decision = self._mutate(Request("acquire", owner=owner, locks=_as_lockset(plan), label=label))
+        assert isinstance(decision, Granted | Queued)
+        return decision
 
     def acquire(
         self,
@@ -290,53 +293,24 @@ class LockManager:
 
     def release(self, owner: str, names: Iterable[str] | None = None) -> Release:
         """Release the named locks, or everything the owner holds and waits for; report who can go next."""
-        wanted = None if names is None else tuple(names)
-
-        def step(snap: Snapshot, _dead: Prober) -> tuple[LockTable | None, Release]:
-            new, gone = snap.table.release(owner, wanted)
-            if not gone and len(new.waiters) == len(snap.table.waiters):
-                return None, Release((), ())
-            return new, Release(gone, tuple(new.ready_waiters()))
-
-        return self._mutate(step)
+        return self._released(Request("release", owner=owner, names=None if names is None else tuple(names)))
 
     def withdraw(self, owner: str) -> Release:
         """Take a waiting owner out of the queue; those behind it may now be ready."""
-
-        def step(snap: Snapshot, _dead: Prober) -> tuple[LockTable | None, Release]:
-            if snap.table.waiter_of(owner) is None:
-                return None, Release((), ())
-            new = snap.table.withdraw(owner)
-            return new, Release((), tuple(new.ready_waiters()))
-
-        return self._mutate(step)
+        return self._released(Request("withdraw", owner=owner))
 
     def evict(self, owners: Iterable[str]) -> Release:
         """Drop every entry of owners known to be dead (their process is gone); report who can go next."""
-        dead = set(owners)
-
-        def step(snap: Snapshot, _dead: Prober) -> tuple[LockTable | None, Release]:
-            gone = tuple(h for h in snap.table.holders if h.owner in dead)
-            new = snap.table.evict(dead)
-            if not gone and len(new.waiters) == len(snap.table.waiters):
-                return None, Release((), ())
-            return new, Release(gone, tuple(new.ready_waiters()))
-
-        return self._mutate(step)
+        return self._released(Request("evict", owners=tuple(sorted(set(owners)))))
 
     def sweep(self) -> Release:
         """Drop every dead owner (liveness on the database clock) and report the waiters now ready."""
+        return self._released(Request("sweep"))
 
-        def step(snap: Snapshot, dead: Prober) -> tuple[LockTable | None, Release]:
-            gone = dead(snap.table.owners())
-            if not gone:
-                return None, Release((), tuple(snap.table.ready_waiters()))
-            self._log_eviction(gone)
-            new = snap.table.evict(gone)
-            freed = tuple(h for h in snap.table.holders if h.owner in gone)
-            return new, Release(freed, tuple(new.ready_waiters()))
-
-        return self._mutate(step)
+    def _released(self, request: Request) -> Release:
+        release = self._mutate(request)
+        assert isinstance(release, Release)
+        return release
 
     # ------------------------------------------------------------------ liveness and fencing
 
@@ -377,11 +351,15 @@ class LockManager:
 
     # ------------------------------------------------------------------ the compare-and-swap loop
 
-    def _mutate(self, step: Step[T]) -> T:
+    def _mutate(self, request: Request) -> Answer:
         self.stats.operations += 1
+
+        def step(snap: Snapshot, dead: Prober) -> tuple[LockTable | None, Answer]:
+            return request.apply(snap.table, snap.version, dead, self._log_eviction)
+
         for attempt in range(4):
             try:
-                return self._mutate_once(step)
+                return self._mutate_once(request, step)
             except (OperationalError, DBAPIError) as err:
                 if attempt == 3 or not _retryable(err):
                     raise
@@ -391,7 +369,7 @@ class LockManager:
                 time.sleep(0.05 * (attempt + 1))
         raise LockError("unreachable")  # pragma: no cover
 
-    def _mutate_once(self, step: Step[T]) -> T:
+    def _mutate_once(self, request: Request, step: Step[Answer]) -> Answer:
         remembered = self._remembered()
         if remembered is not None:
             outcome, value = self._optimistic(step, remembered)
@@ -407,6 +385,8 @@ class LockManager:
             if outcome is not _Outcome.LOST:
                 return value
         if self._queue_on_conflict:
+            if self._posting_works():
+                return self._posted(request, step, tried_memory=remembered is not None)
             return self._queued(step, tried_memory=remembered is not None)
         delay = 0.001
         while True:
@@ -486,6 +466,109 @@ class LockManager:
         self._remember(new, snap.version + 1, cached=False)
         return value
 
+    def _posted(self, request: Request, step: Step[Answer], *, tried_memory: bool = False) -> Answer:
+        """The queued path with requests posted (MariaDB): whoever holds the row applies them all.
+
+        Our request goes in as a row of our own transaction, never committed, and we wait for
+        the row lock as on the queued path. The writer ahead of us reads every pending request
+        (uncommitted reads), applies them in posting order in its one compare-and-swap and leaves
+        the answers in the document. When our turn comes, the same round trip that locked the
+        row sees our answer there and rolls back at once, in the server: no second round trip,
+        no write, and the row lock held only for the server's own work. A writer whose request
+        nobody answered yet applies its own and every other pending one. A request of a writer
+        that dies goes with its transaction; answers are kept until their requests are gone.
+        """
+        self.stats.queued_writes += 1
+        with self._posting.connect() as conn:
+            driver = self._store.driver(conn)
+            assert driver is not None, "posting needs the MySQL driver path"
+            try:
+                posted = driver.post(conn, driver.encode(request.to_json()))
+                if posted.pending is None:
+                    # Answered: only our answer is read (the whole table would be parsed for nothing).
+                    self.stats.answered_for_us += 1
+                    data, version, _now = posted.row
+                    self._observe(Snapshot(LockTable(), version, None), tried_memory=tried_memory, seen=False)
+                    answer = answer_from_json(driver.answer(data, posted.request_id), request)
+                else:
+                    snap = self._store.parse_row(driver, posted.row)
+                    self._observe(snap, tried_memory=tried_memory, locked=True)
+                    answer = self._apply_pending(conn, driver, request, posted, snap)
+            except ProgrammingError as err:
+                with contextlib.suppress(Exception):
+                    self._store.finish(conn, commit=False)
+                if _missing_table(err):
+                    logger.warning("lock row %s: no lock_requests table (run `boxtasks db upgrade`)", self.row_id)
+                    self._can_post = False
+                    return self._queued(step, tried_memory=tried_memory)
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._store.finish(conn, commit=False)
+                raise
+        if isinstance(answer, LockError):
+            raise answer
+        return answer
+
+    def _apply_pending(
+        self, conn: Connection, driver: DriverSQL, request: Request, posted: Posted, snap: Snapshot
+    ) -> Answer | LockError:
+        """Apply every pending request not yet answered, ours among them; write once; our answer."""
+        assert posted.pending is not None
+        waiting = {str(rid) for rid, _ in posted.pending}
+        answers = {rid: a for rid, a in snap.table.answers.items() if rid in waiting}
+        fresh = 0
+        table, mine = snap.table, None
+        dead = self._side_prober(snap)
+        for rid, body in posted.pending:
+            key = str(rid)
+            if key in answers:
+                continue  # answered by a writer before us; its writer has not picked it up yet
+            answer: Answer | LockError
+            try:
+                other = request if rid == posted.request_id else Request.from_json(driver.decode_request(body))
+                new, answer = other.apply(table, snap.version, dead, self._log_eviction)
+                table = table if new is None else new
+            except LockError as err:
+                answer = err
+            if rid == posted.request_id:
+                mine = answer
+            else:
+                answers[key] = answer_to_json(answer, other)
+                fresh += 1
+        assert mine is not None, "our own request is pending in our own transaction"
+        if table is snap.table and not fresh:
+            self._store.finish(conn, commit=False)
+            self._learn_idle(True)
+            return mine
+        new_table = table.with_answers(answers)
+        self.stats.cas_attempts += 1
+        if not driver.apply_posted(conn, posted.request_id, new_table.to_json(), snap.version):
+            raise LockError(f"lock row {self.row_id!r} changed while locked FOR UPDATE")
+        self.stats.applied_for_others += fresh
+        self._remember(new_table, snap.version + 1, cached=False)
+        return mine
+
+    def _side_prober(self, snap: Snapshot) -> Prober:
+        """Dead-owner questions on a connection of their own: the posting connection reads
+        uncommitted rows, and liveness must be judged on committed ones only."""
+
+        def dead(owners: Iterable[str]) -> set[str]:
+            wanted = set(owners)
+            if not wanted or snap.now is None:
+                return set()
+            with self._auto.connect() as conn:
+                return self._store.dead_owners(conn, wanted, now=snap.now, lease=self.lease)
+
+        return dead
+
+    def _posting_works(self) -> bool:
+        """Whether this database takes posted requests (MariaDB through PyMySQL; known after a connect)."""
+        if self._can_post is None:
+            with self._posting.connect() as conn:
+                self._can_post = DriverSQL.supports_posting(conn.dialect)
+        return self._can_post
+
     def _prober(self, conn: Connection, snap: Snapshot) -> Prober:
         def dead(owners: Iterable[str]) -> set[str]:
             if snap.now is None:
@@ -517,13 +600,14 @@ class LockManager:
         with mem.lock:
             return mem.fresh_risk_now(time.monotonic()) < self._fresh_max_risk
 
-    def _observe(self, snap: Snapshot, *, tried_memory: bool, locked: bool = False) -> None:
+    def _observe(self, snap: Snapshot, *, tried_memory: bool, locked: bool = False, seen: bool = True) -> None:
         """A read saw the row at `snap.version`. That tells, exactly, whether a swap from our last
         write would have worked (nobody wrote since); a locked read that finds the row as we left it
-        also says that a read-and-swap would have."""
+        also says that a read-and-swap would have. `seen`: keep `snap` as the row last seen."""
         mem = self._memory
         with mem.lock:
-            mem.seen = snap
+            if seen:
+                mem.seen = snap
             if mem.snapshot is None:
                 return
             untouched = mem.snapshot.version == snap.version
@@ -590,6 +674,10 @@ def _with_multi_statements(url: URL) -> URL:
         return url
     flag = int(str(url.query.get("client_flag", 0))) | MULTI_STATEMENTS
     return url.update_query_dict({"client_flag": str(flag)})
+
+
+def _missing_table(err: ProgrammingError) -> bool:
+    return bool(getattr(err.orig, "args", [None])[0] == 1146)  # ER_NO_SUCH_TABLE
 
 
 def _as_lockset(plan: Mapping[str, object] | LockSet) -> LockSet:

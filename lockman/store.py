@@ -23,11 +23,12 @@ import orjson
 from sqlalchemy import Connection, Dialect, Executable, Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
-from lockman.errors import LockDocumentError, LockRowMissingError
+from lockman.errors import LockDocumentError, LockError, LockRowMissingError
 from lockman.table import LockTable
-from models import FINAL_STATES, PROCESSLESS_STATES, LockRow, Task, db_utcnow, liveness
+from models import FINAL_STATES, PROCESSLESS_STATES, LockRequest, LockRow, Task, db_utcnow, liveness
 
 _locks: Table = LockRow.__table__  # type: ignore[assignment]
+_requests: Table = LockRequest.__table__  # type: ignore[assignment]
 _tasks: Table = Task.__table__  # type: ignore[assignment]
 
 
@@ -40,6 +41,20 @@ class Snapshot:
 
 
 Lock = Literal["update", "share"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """What a writer that posted a request found once it held the lock row (`DriverSQL.post`)."""
+
+    request_id: int
+    #: The row as locked: the raw document, its version, and the database clock.
+    row: tuple[Any, int, Any]
+    #: Every request posted for this row and not yet ended, (id, body) in posting order; None when
+    #: ours was answered already: then the transaction was rolled back (the row lock and our
+    #: request are gone) and the answer is in the document.
+    pending: list[tuple[int, str]] | None
+
 
 #: PyMySQL's CLIENT.MULTI_STATEMENTS capability bit.
 MULTI_STATEMENTS = 1 << 16
@@ -63,7 +78,7 @@ class LockStore:
             "update": self._select.with_for_update(),
             "share": self._select.with_for_update(read=True),
         }
-        self._fast_by_dialect: dict[Dialect, _DriverSQL | None] = {}
+        self._fast_by_dialect: dict[Dialect, DriverSQL | None] = {}
 
     def read(self, conn: Connection, *, lock: Lock = None) -> Snapshot:
         fast = self._fast(conn)
@@ -73,9 +88,17 @@ class LockStore:
             raise LockDocumentError(self.row_id, f"not JSON: {err}") from err
         if row is None:
             raise LockRowMissingError(f"lock row {self.row_id!r} does not exist: run `boxtasks db upgrade`")
+        return self.parse_row(fast, row)
+
+    def driver(self, conn: Connection) -> DriverSQL | None:
+        """The driver-level statements for `conn`'s dialect, where there are any (MySQL via PyMySQL)."""
+        return self._fast(conn)
+
+    def parse_row(self, driver: DriverSQL | None, row: tuple[Any, ...]) -> Snapshot:
+        """A snapshot of the row as read: (document, version, database clock)."""
         data, version, now = row
-        if fast is not None:
-            data = fast.decode(data)
+        if driver is not None:
+            data = driver.decode(data)
         return Snapshot(LockTable.from_json(data, row_id=self.row_id), int(version), _naive(now))
 
     def version(self, conn: Connection) -> int:
@@ -120,12 +143,12 @@ class LockStore:
             else:
                 dbapi_conn.rollback()
 
-    def _fast(self, conn: Connection) -> _DriverSQL | None:
+    def _fast(self, conn: Connection) -> DriverSQL | None:
         dialect = conn.dialect
         try:
             return self._fast_by_dialect[dialect]
         except KeyError:
-            fast = _DriverSQL(self, dialect) if _DriverSQL.supports(dialect) else None
+            fast = DriverSQL(self, dialect) if DriverSQL.supports(dialect) else None
             self._fast_by_dialect[dialect] = fast
             return fast
 
@@ -204,7 +227,7 @@ def _tasks_of(count: int) -> Executable:
     return select(_tasks.c.id, _tasks.c.state, _tasks.c.heartbeat_at).where(_tasks.c.id.in_(ids))
 
 
-class _DriverSQL:
+class DriverSQL:
     """The lock row's statements compiled once for one dialect and run on the DBAPI cursor."""
 
     @staticmethod
@@ -221,6 +244,7 @@ class _DriverSQL:
         # (`_render`), so that no parameter is escaped per call inside the critical section.
         self._read_sql: dict[Lock, str] = {}
         self._cas_parts: tuple[str, str, str] | None = None
+        self._post_sql: tuple[str, str] | None = None
         json_deserializer = getattr(dialect, "_json_deserializer", None)
         json_serializer = getattr(dialect, "_json_serializer", None)
         # orjson unless the engine names its own codec: the document is parsed and written once
@@ -271,6 +295,63 @@ class _DriverSQL:
                 dbapi_conn.commit()
         return bool(matched == 1)
 
+    @staticmethod
+    def supports_posting(dialect: Dialect) -> bool:
+        """Posting needs MariaDB's compound statements outside stored programs (`BEGIN NOT ATOMIC`)
+        and reads of uncommitted rows."""
+        return DriverSQL.supports(dialect) and bool(getattr(dialect, "is_mariadb", False))
+
+    def post(self, conn: Connection, body: bytes) -> Posted:
+        """In one round trip on a READ UNCOMMITTED connection: insert our request, lock the row
+        (waiting in line), then either leave at once, rolled back, because the writer before us
+        answered our request, or stay holding the row and read every pending request.
+        """
+        with _translated(conn, "INSERT INTO lock_requests ...") as cursor:
+            if self._post_sql is None:
+                self._post_sql = self._render_post(cursor)
+            head, tail = self._post_sql
+            cursor.execute(head + "CONVERT(X'" + body.hex() + "' USING utf8mb4)" + tail)
+            while cursor.description is None:  # the INSERT's result comes first
+                if not cursor.nextset():
+                    raise LockRowMissingError(f"lock row {self.row_id!r} gave no answer to a posted request")
+            me, data, version, now = cursor.fetchone()
+            pending: list[tuple[int, str]] | None = None
+            while cursor.nextset():
+                if cursor.description is not None:
+                    pending = [(int(i), b if isinstance(b, str) else b.decode()) for i, b in cursor.fetchall()]
+        if version is None:
+            raise LockRowMissingError(f"lock row {self.row_id!r} does not exist: run `boxtasks db upgrade`")
+        return Posted(int(me), (data, int(version), now), pending)
+
+    def apply_posted(self, conn: Connection, request_id: int, doc: Mapping[str, Any], seen: int) -> bool:
+        """Swap in the document that answers the pending requests, drop ours, commit: one round trip."""
+        literal = "CONVERT(X'" + self._dumps(doc).hex() + "' USING utf8mb4)"
+        with _translated(conn, self._cas.sql) as cursor:
+            head, middle, tail = self._cas_parts or self._render_cas(cursor)
+            delete = f"DELETE FROM {_requests.name} WHERE id = {int(request_id)}; "
+            cursor.execute(delete + head + literal + middle + str(int(seen)) + tail + "; COMMIT")
+            cursor.nextset()
+            matched = cursor.rowcount
+            while cursor.nextset():
+                pass
+        return bool(matched == 1)
+
+    def _render_post(self, cursor: Any) -> tuple[str, str]:
+        row = cursor.mogrify("%s", (self.row_id,))
+        now = str(db_utcnow().compile(dialect=self._dialect))
+        head = f"INSERT INTO {_requests.name} (row_id, body) VALUES ({row}, "
+        tail = (
+            "); BEGIN NOT ATOMIC"
+            " DECLARE me BIGINT DEFAULT LAST_INSERT_ID(); DECLARE d LONGTEXT; DECLARE v BIGINT;"
+            f" SELECT data, version INTO d, v FROM {_locks.name} WHERE id = {row} FOR UPDATE;"
+            " IF JSON_EXISTS(d, CONCAT('$.answers.\"', me, '\"')) THEN"
+            f" ROLLBACK; SELECT me, d, v, {now};"
+            f" ELSE SELECT me, d, v, {now};"
+            f" SELECT id, body FROM {_requests.name} WHERE row_id = {row} ORDER BY id;"
+            " END IF; END"
+        )
+        return head, tail
+
     def _render_cas(self, cursor: Any) -> tuple[str, str, str]:
         """The compare-and-swap as text around its two per-call values, the document and `seen`."""
         marks = {"data": "\x01DATA\x01", "seen": "\x01SEEN\x01"}
@@ -282,6 +363,22 @@ class _DriverSQL:
         middle, tail = rest.split(marks["seen"])
         self._cas_parts = (head, middle, tail)
         return self._cas_parts
+
+    def encode(self, doc: Mapping[str, Any]) -> bytes:
+        return self._dumps(doc)
+
+    def decode_request(self, body: str) -> Any:
+        try:
+            return self._loads(body)
+        except ValueError as err:
+            raise LockError(f"a posted lock request is not JSON ({err}): {body!r:.200}") from err
+
+    def answer(self, data: Any, request_id: int) -> Any:
+        """The answer the document holds for a posted request (the server saw it there)."""
+        try:
+            return self.decode(data)["answers"][str(request_id)]
+        except (KeyError, TypeError) as err:
+            raise LockDocumentError(self.row_id, f"no answer to request {request_id} ({err!r})") from err
 
     def decode(self, data: Any) -> Any:
         if isinstance(data, bytes):

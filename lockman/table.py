@@ -4,7 +4,11 @@ A document holds the granted locks (holders) and the requests that wait (waiters
 
     {"holders": [{"owner": "t1", "name": "platform", "mode": "S", "token": 17, "label": "apptask"}],
      "waiters": [{"owner": "t2", "locks": [["platform", "X"]], "seq": 5, "label": "update", "nested": false}],
-     "seq": 5}
+     "seq": 5,
+     "answers": {"812": {"granted": 18, "locks": [["app:a1", "X"]]}}}
+
+`answers` (absent when empty) carries the replies to requests that waiting writers posted and the
+row's writer applied for them (`lockman.requests`); every transition keeps it as it is.
 
 Rules kept here (DESIGN.md "Locks"):
 
@@ -93,6 +97,8 @@ class LockTable:
     holders: tuple[Holder, ...] = ()
     waiters: tuple[Waiter, ...] = ()
     seq: int = 0
+    #: Replies to posted requests, by request id, until their writers have read them.
+    answers: Mapping[str, Any] = field(default_factory=dict)
     _by_name: dict[str, tuple[Holder, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -206,6 +212,10 @@ class LockTable:
             waiters = tuple(replace(w, nested=False) if w.owner == owner else w for w in waiters)
         return replace(self, holders=kept, waiters=waiters), gone
 
+    def with_answers(self, answers: Mapping[str, Any]) -> LockTable:
+        """The same locks, with these replies to posted requests (and no others)."""
+        return replace(self, answers=dict(answers))
+
     def withdraw(self, owner: str) -> LockTable:
         """Remove the owner's waiter entry, if any."""
         return self._without_waiter(owner)
@@ -261,7 +271,7 @@ class LockTable:
     # ----------------------------------------------------------------- JSON
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "holders": [
                 {"owner": h.owner, "name": h.name, "mode": h.mode.value, "token": h.token, "label": h.label}
                 for h in self.holders
@@ -278,6 +288,9 @@ class LockTable:
             ],
             "seq": self.seq,
         }
+        if self.answers:
+            doc["answers"] = dict(self.answers)
+        return doc
 
     @classmethod
     def from_json(cls, data: object, *, row_id: str) -> LockTable:
@@ -288,10 +301,13 @@ class LockTable:
             holders = tuple(_holder(h) for h in data["holders"])
             waiters = tuple(_waiter(w) for w in data["waiters"])
             seq = _int(data["seq"])
+            answers = data.get("answers", {})
+            if not isinstance(answers, Mapping) or not all(isinstance(k, str) for k in answers):
+                raise TypeError(f"answers: expected an object keyed by request id, got {answers!r:.80}")
         except (KeyError, TypeError, ValueError) as err:
             raise LockDocumentError(row_id, f"{type(err).__name__}: {err}") from err
         _check_consistent(holders, waiters, seq, row_id)
-        return cls(holders, waiters, seq)
+        return cls(holders, waiters, seq, answers)
 
 
 #: Entries parsed lately, by their stored fields. A document changes by one or two entries per

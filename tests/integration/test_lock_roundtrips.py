@@ -133,18 +133,40 @@ def test_a_fresh_manager_costs_at_most_four_round_trips(mariadb_url: str, lock_r
         m.dispose()
 
 
+def _contended(m: LockManager) -> None:
+    """Make `m` take the queued path: forget the remembered document, and say read-and-swap has
+    been losing (contention, simulated); reopen the pools first so that no handshake is counted."""
+    m.dispose()
+    assert m._posting_works()  # MariaDB: the queued path posts its request
+    m._tx.connect().close()
+    m._memory.fresh_risk, m._memory.fresh_at = 1.0, time.monotonic()
+
+
 def test_a_queued_write_holds_the_row_lock_for_two_round_trips(
     wire: Wire, managers: tuple[LockManager, LockManager, str, str]
 ) -> None:
-    """Under contention a write is SELECT ... FOR UPDATE, then the UPDATE with its COMMIT in one round
-    trip. Contention is simulated by telling the manager that read-and-swap has been losing."""
+    """Under contention a write posts its request and locks the row in one round trip, then writes
+    the document (with the answers to every pending request), drops its request and commits in one."""
     first, _second, a, _b = managers
-    first.dispose()  # forget the remembered document
-    first._tx.connect().close()  # and reopen the queued path's pool before counting
-    first._memory.fresh_risk, first._memory.fresh_at = 1.0, time.monotonic()
+    _contended(first)
     queued = first.stats.queued_writes
     sent = wire.count(lambda: first.try_acquire(a, APPTASK))
     assert first.stats.queued_writes == queued + 1
+    assert len(sent) == 2, sent
+    assert sent[0].startswith("3:INSERT INTO lock_requests") and sent[0].endswith("END IF; END"), sent
+    assert sent[1].startswith("3:DELETE FROM lock_requests") and sent[1].endswith("; COMMIT"), sent
+    assert "UPDATE locks" in sent[1] and "locks.version =" in sent[1], "the write is still version-checked"
+    first.release(a)
+
+
+def test_without_posting_a_queued_write_is_a_locked_read_then_the_swap_with_its_commit(
+    wire: Wire, managers: tuple[LockManager, LockManager, str, str]
+) -> None:
+    """The queued path where requests cannot be posted (MySQL, or no lock_requests table yet)."""
+    first, _second, a, _b = managers
+    _contended(first)
+    first._can_post = False
+    sent = wire.count(lambda: first.try_acquire(a, APPTASK))
     assert len(sent) == 2, sent
     assert sent[0].endswith("FOR UPDATE"), sent
     assert sent[1].startswith("3:UPDATE locks") and sent[1].endswith("; COMMIT"), sent

@@ -1,0 +1,205 @@
+"""Posted requests on MariaDB: a writer waiting for the lock row is answered by the writer ahead of it.
+
+The scenes are set by holding the lock row from a connection of the test's own, so that the
+writers line up behind it in a known order; the test lets go when their requests are posted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, create_engine, text
+
+from lockman import Granted, LockManager, LockStateError, Queued, Release
+from tests.integration.test_lock_roundtrips import _contended
+from tests.owners import add_owner
+
+pytestmark = pytest.mark.mariadb
+
+
+@pytest.fixture
+def owners(mariadb_url: str) -> list[str]:
+    engine = create_engine(mariadb_url)
+    try:
+        return [add_owner(engine) for _ in range(4)]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def writers(mariadb_url: str, lock_row: str) -> Iterator[list[LockManager]]:
+    """Three managers on one row (three processes, as far as the row can tell), all on the queued path."""
+    ms = [LockManager(mariadb_url, row_id=lock_row, lease=30.0) for _ in range(3)]
+    ms[0].ensure_row()
+    for m in ms:
+        _contended(m)
+    yield ms
+    for m in ms:
+        m.dispose()
+
+
+@pytest.fixture
+def row_holder(mariadb_url: str, lock_row: str) -> Iterator[Connection]:
+    """A connection that holds the lock row (SELECT ... FOR UPDATE) until the test rolls it back."""
+    engine = create_engine(mariadb_url, isolation_level="READ UNCOMMITTED")
+    with engine.connect() as conn:
+        conn.execute(text("SELECT version FROM locks WHERE id = :id FOR UPDATE"), {"id": lock_row})
+        yield conn
+        conn.rollback()
+    engine.dispose()
+
+
+def pending(conn: Connection, lock_row: str) -> list[int]:
+    """The posted requests for the row, uncommitted ones included (the holder reads uncommitted)."""
+    rows = conn.execute(text("SELECT id FROM lock_requests WHERE row_id = :r ORDER BY id"), {"r": lock_row})
+    return [int(r[0]) for r in rows]
+
+
+class InThread:
+    """Run a lock call in a thread (a writer blocked in the database); keep its answer or error."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self.answer = call()
+        except BaseException as err:
+            self.error = err
+
+    def result(self) -> Any:
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the writer never came back"
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+
+def wait_for_pending(conn: Connection, lock_row: str, count: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while len(ids := pending(conn, lock_row)) < count:
+        assert time.monotonic() < deadline, f"expected {count} posted requests, found {ids}"
+        time.sleep(0.01)
+    return ids
+
+
+def holder_and_waiter(url: str, lock_row: str, row_holder: Connection, *, holder: str, waiter: str, lock: str) -> None:
+    """Before the scene: `holder` holds `lock` X and `waiter` waits for it; the row is held again after."""
+    row_holder.rollback()
+    setup = LockManager(url, row_id=lock_row, lease=30.0)
+    try:
+        assert isinstance(setup.try_acquire(holder, {lock: "X"}), Granted)
+        assert isinstance(setup.try_acquire(waiter, {lock: "X"}), Queued)
+    finally:
+        setup.dispose()
+    row_holder.execute(text("SELECT version FROM locks WHERE id = :id FOR UPDATE"), {"id": lock_row})
+
+
+def test_the_writer_ahead_applies_the_requests_behind_it_and_they_leave_with_its_answers(
+    writers: list[LockManager], owners: list[str], row_holder: Connection, lock_row: str
+) -> None:
+    first, second, third = writers
+    a, b, c, _ = owners
+    t1 = InThread(lambda: first.try_acquire(a, {"platform": "S", "app:a": "X"}))
+    wait_for_pending(row_holder, lock_row, 1)
+    t2 = InThread(lambda: second.try_acquire(b, {"platform": "S", "app:b": "X"}))
+    t3 = InThread(lambda: third.try_acquire(c, {"platform": "X"}))
+    wait_for_pending(row_holder, lock_row, 3)
+    row_holder.rollback()  # let go: the first writer applies all three in one write
+
+    one, two, three = t1.result(), t2.result(), t3.result()
+    assert isinstance(one, Granted) and isinstance(two, Granted)
+    assert one.token == two.token, "granted in the same compare-and-swap"
+    assert isinstance(three, Queued), "platform X waits for the two S holders, in posting order"
+    assert {b.owner for b in three.blockers} == {a, b}
+    assert first.stats.applied_for_others == 2
+    assert second.stats.answered_for_us == 1 and third.stats.answered_for_us == 1
+    table = first.snapshot().table
+    assert {(h.owner, h.name) for h in table.holders} == {(a, "platform"), (a, "app:a"), (b, "platform"), (b, "app:b")}
+    assert [w.owner for w in table.waiters] == [c]
+    assert pending(row_holder, lock_row) == [], "every request went with its writer's transaction"
+
+
+def test_a_release_answered_by_another_writer_says_whom_to_wake(
+    writers: list[LockManager], owners: list[str], row_holder: Connection, lock_row: str, mariadb_url: str
+) -> None:
+    first, second, _ = writers
+    a, b, c, _ = owners
+    holder_and_waiter(mariadb_url, lock_row, row_holder, holder=b, waiter=c, lock="app:x")
+
+    t1 = InThread(lambda: first.try_acquire(a, {"app:a": "X"}))
+    wait_for_pending(row_holder, lock_row, 1)
+    t2 = InThread(lambda: second.release(b))
+    wait_for_pending(row_holder, lock_row, 2)
+    row_holder.rollback()
+
+    assert isinstance(t1.result(), Granted)
+    release = t2.result()
+    assert isinstance(release, Release)
+    assert second.stats.answered_for_us == 1
+    assert [(h.owner, h.name) for h in release.released] == [(b, "app:x")]
+    assert [w.owner for w in release.ready] == [c], "the waiter to wake, as if the releaser had written"
+
+
+def test_an_error_in_a_request_applied_by_another_is_raised_in_its_own_writer(
+    writers: list[LockManager], owners: list[str], row_holder: Connection, lock_row: str, mariadb_url: str
+) -> None:
+    first, second, _ = writers
+    a, b, c, _ = owners
+    holder_and_waiter(mariadb_url, lock_row, row_holder, holder=c, waiter=b, lock="app:y")
+
+    t1 = InThread(lambda: first.try_acquire(a, {"app:a": "X"}))
+    wait_for_pending(row_holder, lock_row, 1)
+    # b waits for app:y; asking for something else without withdrawing is refused.
+    t2 = InThread(lambda: second.try_acquire(b, {"app:z": "X"}))
+    wait_for_pending(row_holder, lock_row, 2)
+    row_holder.rollback()
+
+    assert isinstance(t1.result(), Granted)
+    with pytest.raises(LockStateError, match="already waits for app:y X"):
+        t2.result()
+    assert second.stats.answered_for_us == 1
+
+
+def test_a_request_whose_writer_died_is_not_applied_and_an_answer_left_behind_is_dropped(
+    writers: list[LockManager], owners: list[str], row_holder: Connection, lock_row: str, mariadb_url: str
+) -> None:
+    first, second, _ = writers
+    a, b, _, d = owners
+    # A writer that posts and dies before anyone reads its request: its request goes with it.
+    engine = create_engine(mariadb_url)
+    with engine.connect() as doomed:
+        doomed.execute(
+            text("INSERT INTO lock_requests (row_id, body) VALUES (:r, :b)"),
+            {"r": lock_row, "b": f'{{"kind": "acquire", "owner": "{d}", "locks": {{"app:d": "X"}}}}'},
+        )
+        assert len(pending(row_holder, lock_row)) == 1
+        doomed.invalidate()  # the process is gone: the server rolls its transaction back
+    engine.dispose()
+    assert pending(row_holder, lock_row) == []
+
+    # One that dies after its request was answered: the answer stays until a later writer sees
+    # the request gone, then it is dropped.
+    t1 = InThread(lambda: first.try_acquire(a, {"app:a": "X"}))
+    wait_for_pending(row_holder, lock_row, 1)
+    t2 = InThread(lambda: second.try_acquire(b, {"app:b": "X"}))
+    (_, posted_by_b) = wait_for_pending(row_holder, lock_row, 2)
+    row_holder.rollback()
+    assert isinstance(t1.result(), Granted) and isinstance(t2.result(), Granted)
+    assert str(posted_by_b) in first.snapshot().table.answers, "left for its writer until a later write"
+    assert d not in first.snapshot().table.owners()
+
+    _contended(first)  # it wrote last: it would swap from memory, and wait on the row without posting
+    row_holder.execute(text("SELECT version FROM locks WHERE id = :id FOR UPDATE"), {"id": lock_row})
+    t3 = InThread(lambda: first.release(a))
+    wait_for_pending(row_holder, lock_row, 1)
+    row_holder.rollback()
+    assert t3.result().released
+    assert first.snapshot().table.answers == {}, "answers to requests that are gone are dropped"
