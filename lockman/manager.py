@@ -25,9 +25,11 @@ what `_mutate` chooses is how to get `:seen` and `:new` cheaply, by how the last
    the row reads every pending request (uncommitted reads), applies them all in posting order in
    its one compare-and-swap, and leaves each answer in the document. A writer that then finds its
    answer there rolls back inside that same round trip, in the server: it writes nothing and holds
-   the row for no round trip of its own. One write, and one client round trip in the hold, serve
-   every writer that was waiting (`_posted`). A request goes with its writer's transaction, so a
-   writer that dies leaves nothing behind, and answers stay until their requests are gone.
+   the row for no round trip of its own. One write, and one client round trip in the hold (plus
+   one for each liveness question, when a request is blocked), serve every writer that was waiting
+   (`_posted`). A request goes with its writer's transaction: one whose writer dies before an
+   applier read it is never applied; one read first is applied, like a write whose answer was
+   lost. Answers, under each request's random key, stay until their requests are gone.
 
 A step that will most likely write nothing (a waiter asking again whether it may go) is read
 without the row lock whatever the contention: a locked read would hold up the writers for nothing.
@@ -43,11 +45,13 @@ sleep between short reads (`acquire`), or, for Celery tasks, no process at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import logging
 import math
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -86,6 +90,8 @@ _FRESH_MAX_RISK = {True: 0.33, False: 0.5}
 _IDLE_HINT = 0.05
 #: Weight of the latest outcome in the smoothed rates.
 _RISK_WEIGHT = 0.3
+#: Seconds before posting is tried again after the lock_requests table was found missing.
+_POSTING_RECHECK = 60.0
 #: Seconds for the read-and-swap failure rate to fade by 1/e while only the queued path is used.
 _RISK_FADE = 1.0
 
@@ -216,10 +222,16 @@ class LockManager:
         # transactions read the requests that other writers have not committed (and never will).
         self._posting: Engine = create_engine(tx_url, isolation_level="READ UNCOMMITTED", **common)
         self._can_post: bool | None = None if self._queue_on_conflict and tx_url is not self.url else False
+        self._post_again_at: float | None = None
+        # Liveness questions asked while holding the row (`_side_prober`): a pool that no writer
+        # waiting for the row can be holding.
+        self._probe: Engine = create_engine(
+            self.url, isolation_level="AUTOCOMMIT", **SKIP_AUTOCOMMIT_ROLLBACK, **{**common, "pool_size": 1}
+        )
         if sqlite:
             from models.engine import _sqlite_pragmas
 
-            for engine in (self._auto, self._tx, self._fence, self._posting):
+            for engine in (self._auto, self._tx, self._fence, self._posting, self._probe):
                 event.listen(engine, "connect", _sqlite_pragmas)
 
     @classmethod
@@ -237,6 +249,7 @@ class LockManager:
         self._tx.dispose()
         self._fence.dispose()
         self._posting.dispose()
+        self._probe.dispose()
         self._forget()
 
     # ------------------------------------------------------------------ acquiring
@@ -353,6 +366,9 @@ class LockManager:
 
     def _mutate(self, request: Request) -> Answer:
         self.stats.operations += 1
+        # One answer key for every attempt: a retry after an error finds the answer to a request
+        # of ours that was applied while our attempt failed (see `_posted`).
+        request = dataclasses.replace(request, key=secrets.token_hex(8))
 
         def step(snap: Snapshot, dead: Prober) -> tuple[LockTable | None, Answer]:
             return request.apply(snap.table, snap.version, dead, self._log_eviction)
@@ -472,24 +488,27 @@ class LockManager:
         Our request goes in as a row of our own transaction, never committed, and we wait for
         the row lock as on the queued path. The writer ahead of us reads every pending request
         (uncommitted reads), applies them in posting order in its one compare-and-swap and leaves
-        the answers in the document. When our turn comes, the same round trip that locked the
-        row sees our answer there and rolls back at once, in the server: no second round trip,
-        no write, and the row lock held only for the server's own work. A writer whose request
-        nobody answered yet applies its own and every other pending one. A request of a writer
-        that dies goes with its transaction; answers are kept until their requests are gone.
+        the answers in the document, each under its request's random key. When our turn comes,
+        the same round trip that locked the row finds our answer there and rolls back at once, in
+        the server: no second round trip, no write, and the row lock held only for the server's
+        own work. A writer whose request nobody answered yet applies its own and every other
+        pending one. A request goes with its writer's transaction; one that an applier read
+        before its writer failed is applied all the same (as a write whose answer was lost): the
+        retry (same key) finds that answer while it is still in the document, which keeps answers
+        until their requests are gone.
         """
         self.stats.queued_writes += 1
         with self._posting.connect() as conn:
             driver = self._store.driver(conn)
             assert driver is not None, "posting needs the MySQL driver path"
             try:
-                posted = driver.post(conn, driver.encode(request.to_json()))
+                posted = driver.post(conn, driver.encode(request.to_json()), request.key)
                 if posted.pending is None:
-                    # Answered: only our answer is read (the whole table would be parsed for nothing).
+                    # Answered: the server sent only our answer, not the document.
                     self.stats.answered_for_us += 1
-                    data, version, _now = posted.row
+                    version = posted.row[1]
                     self._observe(Snapshot(LockTable(), version, None), tried_memory=tried_memory, seen=False)
-                    answer = answer_from_json(driver.answer(data, posted.request_id), request)
+                    answer = answer_from_json(posted.answer, request)
                 else:
                     snap = self._store.parse_row(driver, posted.row)
                     self._observe(snap, tried_memory=tried_memory, locked=True)
@@ -497,15 +516,22 @@ class LockManager:
             except ProgrammingError as err:
                 with contextlib.suppress(Exception):
                     self._store.finish(conn, commit=False)
-                if _missing_table(err):
-                    logger.warning("lock row %s: no lock_requests table (run `boxtasks db upgrade`)", self.row_id)
-                    self._can_post = False
-                    return self._queued(step, tried_memory=tried_memory)
-                raise
-            except BaseException:
+                if not _missing_table(err):
+                    raise
+                logger.warning("lock row %s: no lock_requests table (run `boxtasks db upgrade`)", self.row_id)
+                self._can_post, self._post_again_at = False, time.monotonic() + _POSTING_RECHECK
+                answer = None
+            except DBAPIError:
                 with contextlib.suppress(Exception):
                     self._store.finish(conn, commit=False)
                 raise
+            except BaseException:
+                # Interrupted (a soft time limit, a signal) perhaps half-way through the results: the
+                # connection may be out of step with the server; it must not go back to the pool.
+                conn.invalidate()
+                raise
+        if answer is None:
+            return self._queued(step, tried_memory=tried_memory)
         if isinstance(answer, LockError):
             raise answer
         return answer
@@ -515,18 +541,25 @@ class LockManager:
     ) -> Answer | LockError:
         """Apply every pending request not yet answered, ours among them; write once; our answer."""
         assert posted.pending is not None
-        waiting = {str(rid) for rid, _ in posted.pending}
-        answers = {rid: a for rid, a in snap.table.answers.items() if rid in waiting}
+        pending: list[tuple[int, Request]] = []
+        for rid, body in posted.pending:
+            if rid == posted.request_id:
+                pending.append((rid, request))
+                continue
+            try:
+                pending.append((rid, Request.from_json(driver.decode_request(body))))
+            except LockError as err:  # nobody can answer it (no key): its writer applies its own
+                logger.warning("lock row %s: skipping posted request %s: %s", self.row_id, rid, err)
+        waiting = {r.key for _, r in pending}
+        answers = {key: a for key, a in snap.table.answers.items() if key in waiting}
         fresh = 0
         table, mine = snap.table, None
         dead = self._side_prober(snap)
-        for rid, body in posted.pending:
-            key = str(rid)
-            if key in answers:
+        for rid, other in pending:
+            if rid != posted.request_id and other.key in answers:
                 continue  # answered by a writer before us; its writer has not picked it up yet
             answer: Answer | LockError
             try:
-                other = request if rid == posted.request_id else Request.from_json(driver.decode_request(body))
                 new, answer = other.apply(table, snap.version, dead, self._log_eviction)
                 table = table if new is None else new
             except LockError as err:
@@ -534,7 +567,7 @@ class LockManager:
             if rid == posted.request_id:
                 mine = answer
             else:
-                answers[key] = answer_to_json(answer, other)
+                answers[other.key] = answer_to_json(answer, other)
                 fresh += 1
         assert mine is not None, "our own request is pending in our own transaction"
         if table is snap.table and not fresh:
@@ -550,20 +583,26 @@ class LockManager:
         return mine
 
     def _side_prober(self, snap: Snapshot) -> Prober:
-        """Dead-owner questions on a connection of their own: the posting connection reads
-        uncommitted rows, and liveness must be judged on committed ones only."""
+        """Dead-owner questions for one batch, on a pool of their own (never one that writers
+        waiting for this row may hold), on committed rows (the posting connection reads uncommitted
+        ones), and each owner asked about once per batch."""
+        known: dict[str, bool] = {}
 
         def dead(owners: Iterable[str]) -> set[str]:
             wanted = set(owners)
-            if not wanted or snap.now is None:
-                return set()
-            with self._auto.connect() as conn:
-                return self._store.dead_owners(conn, wanted, now=snap.now, lease=self.lease)
+            unknown = wanted - set(known)
+            if unknown and snap.now is not None:
+                with self._probe.connect() as conn:
+                    gone = self._store.dead_owners(conn, unknown, now=snap.now, lease=self.lease)
+                known.update((owner, owner in gone) for owner in unknown)
+            return {owner for owner in wanted if known.get(owner)}
 
         return dead
 
     def _posting_works(self) -> bool:
         """Whether this database takes posted requests (MariaDB through PyMySQL; known after a connect)."""
+        if self._can_post is False and self._post_again_at is not None and time.monotonic() >= self._post_again_at:
+            self._can_post, self._post_again_at = None, None  # `boxtasks db upgrade` may have run since
         if self._can_post is None:
             with self._posting.connect() as conn:
                 self._can_post = DriverSQL.supports_posting(conn.dialect)

@@ -3,7 +3,7 @@
 A writer that finds the lock row busy posts its operation as a `Request`; whoever holds the row
 next applies every posted request, in the order they were posted, in its own compare-and-swap,
 and leaves each answer in the document (`LockTable.answers`) for its writer to pick up (see
-`LockManager._combined`). So the steps that compute the next document live here, as functions
+`LockManager._posted`). So the steps that compute the next document live here, as functions
 of the request, the same for a writer applying its own request and one applying another's.
 
 Pure: no database, no Celery.
@@ -49,6 +49,8 @@ class Request:
     names: tuple[str, ...] | None = None
     owners: tuple[str, ...] = ()
     label: str = ""
+    #: Random, per operation: its answer is left in the document under this key.
+    key: str = ""
 
     def apply(
         self, table: LockTable, version: int, dead: Prober, on_evict: Callable[[set[str]], None]
@@ -96,6 +98,8 @@ class Request:
             doc["owners"] = list(self.owners)
         if self.label:
             doc["label"] = self.label
+        if self.key:
+            doc["key"] = self.key
         return doc
 
     @classmethod
@@ -113,8 +117,9 @@ class Request:
                 names=None if names is None else tuple(_text(n) for n in names),
                 owners=tuple(_text(o) for o in data.get("owners", ())),
                 label=_text(data.get("label", "")),
+                key=_text(data.get("key", "")),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise LockError(
                 f"a posted lock request does not parse ({type(err).__name__}: {err}): {data!r:.200}"
             ) from err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,9 +53,16 @@ class Posted:
     row: tuple[Any, int, Any]
     #: Every request posted for this row and not yet ended, (id, body) in posting order; None when
     #: ours was answered already: then the transaction was rolled back (the row lock and our
-    #: request are gone) and the answer is in the document.
+    #: request are gone), `answer` holds the answer and `row` has no document.
     pending: list[tuple[int, str]] | None
+    answer: Any = None
 
+
+#: A posted request's answer key: random, so that a request id the server hands out again (its
+#: AUTO_INCREMENT counter restarts on a promoted replica or a recreated table) can never pick up
+#: an answer meant for another request.
+_ANSWER_KEY = re.compile(r"[0-9a-f]{16}")
+_KEY_MARK = "\x01KEY\x01"
 
 #: PyMySQL's CLIENT.MULTI_STATEMENTS capability bit.
 MULTI_STATEMENTS = 1 << 16
@@ -301,27 +309,34 @@ class DriverSQL:
         and reads of uncommitted rows."""
         return DriverSQL.supports(dialect) and bool(getattr(dialect, "is_mariadb", False))
 
-    def post(self, conn: Connection, body: bytes) -> Posted:
+    def post(self, conn: Connection, body: bytes, key: str) -> Posted:
         """In one round trip on a READ UNCOMMITTED connection: insert our request, lock the row
         (waiting in line), then either leave at once, rolled back, because the writer before us
-        answered our request, or stay holding the row and read every pending request.
+        answered our request (under `key`), or stay holding the row and read every pending request.
         """
+        if not _ANSWER_KEY.fullmatch(key):
+            raise LockError(f"an answer key is 16 hex digits, not {key!r}")
         with _translated(conn, "INSERT INTO lock_requests ...") as cursor:
             if self._post_sql is None:
                 self._post_sql = self._render_post(cursor)
             head, tail = self._post_sql
-            cursor.execute(head + "CONVERT(X'" + body.hex() + "' USING utf8mb4)" + tail)
+            cursor.execute(head + "CONVERT(X'" + body.hex() + "' USING utf8mb4)" + tail.replace(_KEY_MARK, key))
             while cursor.description is None:  # the INSERT's result comes first
                 if not cursor.nextset():
                     raise LockRowMissingError(f"lock row {self.row_id!r} gave no answer to a posted request")
-            me, data, version, now = cursor.fetchone()
+            me, data, answer, version, now = cursor.fetchone()
             pending: list[tuple[int, str]] | None = None
             while cursor.nextset():
                 if cursor.description is not None:
                     pending = [(int(i), b if isinstance(b, str) else b.decode()) for i, b in cursor.fetchall()]
         if version is None:
             raise LockRowMissingError(f"lock row {self.row_id!r} does not exist: run `boxtasks db upgrade`")
-        return Posted(int(me), (data, int(version), now), pending)
+        if pending is None:
+            try:
+                answer = self._loads(answer)
+            except (TypeError, ValueError) as err:
+                raise LockDocumentError(self.row_id, f"the answer under {key} is not JSON ({err})") from err
+        return Posted(int(me), (data, int(version), now), pending, answer if pending is None else None)
 
     def apply_posted(self, conn: Connection, request_id: int, doc: Mapping[str, Any], seen: int) -> bool:
         """Swap in the document that answers the pending requests, drop ours, commit: one round trip."""
@@ -339,14 +354,15 @@ class DriverSQL:
     def _render_post(self, cursor: Any) -> tuple[str, str]:
         row = cursor.mogrify("%s", (self.row_id,))
         now = str(db_utcnow().compile(dialect=self._dialect))
+        path = f"'$.answers.\"{_KEY_MARK}\"'"
         head = f"INSERT INTO {_requests.name} (row_id, body) VALUES ({row}, "
         tail = (
             "); BEGIN NOT ATOMIC"
             " DECLARE me BIGINT DEFAULT LAST_INSERT_ID(); DECLARE d LONGTEXT; DECLARE v BIGINT;"
             f" SELECT data, version INTO d, v FROM {_locks.name} WHERE id = {row} FOR UPDATE;"
-            " IF JSON_EXISTS(d, CONCAT('$.answers.\"', me, '\"')) THEN"
-            f" ROLLBACK; SELECT me, d, v, {now};"
-            f" ELSE SELECT me, d, v, {now};"
+            f" IF JSON_EXISTS(d, {path}) THEN"
+            f" ROLLBACK; SELECT me, NULL, JSON_EXTRACT(d, {path}), v, {now};"
+            f" ELSE SELECT me, d, NULL, v, {now};"
             f" SELECT id, body FROM {_requests.name} WHERE row_id = {row} ORDER BY id;"
             " END IF; END"
         )
@@ -372,13 +388,6 @@ class DriverSQL:
             return self._loads(body)
         except ValueError as err:
             raise LockError(f"a posted lock request is not JSON ({err}): {body!r:.200}") from err
-
-    def answer(self, data: Any, request_id: int) -> Any:
-        """The answer the document holds for a posted request (the server saw it there)."""
-        try:
-            return self.decode(data)["answers"][str(request_id)]
-        except (KeyError, TypeError) as err:
-            raise LockDocumentError(self.row_id, f"no answer to request {request_id} ({err!r})") from err
 
     def decode(self, data: Any) -> Any:
         if isinstance(data, bytes):

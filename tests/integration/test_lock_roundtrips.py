@@ -137,7 +137,7 @@ def _contended(m: LockManager) -> None:
     """Make `m` take the queued path: forget the remembered document, and say read-and-swap has
     been losing (contention, simulated); reopen the pools first so that no handshake is counted."""
     m.dispose()
-    assert m._posting_works()  # MariaDB: the queued path posts its request
+    assert m._posting_works()  # MariaDB: the queued path posts its request (and this opens its pool)
     m._tx.connect().close()
     m._memory.fresh_risk, m._memory.fresh_at = 1.0, time.monotonic()
 

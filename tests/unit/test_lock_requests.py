@@ -29,7 +29,7 @@ def round_trip(answer: object, request: Request = SWEEP) -> object:
 
 def test_every_kind_of_request_reads_back_from_json() -> None:
     requests = [
-        Request("acquire", owner="t1", locks=APP, label="apptask"),
+        Request("acquire", owner="t1", locks=APP, label="apptask", key="00ff00ff00ff00ff"),
         Request("release", owner="t1", names=("app:a",)),
         Request("release", owner="t1"),
         Request("withdraw", owner="t1"),
@@ -42,7 +42,13 @@ def test_every_kind_of_request_reads_back_from_json() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"kind": "steal"}, {"kind": "acquire", "owner": 5}, {"kind": "acquire", "locks": {"app:a": "Z"}}],
+    [
+        {},
+        {"kind": "steal"},
+        {"kind": "acquire", "owner": 5},
+        {"kind": "acquire", "locks": {"app:a": "Z"}},
+        {"kind": "acquire", "locks": [["app:a", "X"]]},
+    ],
 )
 def test_a_request_that_does_not_parse_is_a_lock_error(body: object) -> None:
     with pytest.raises(LockError):
