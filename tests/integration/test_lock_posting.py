@@ -90,6 +90,22 @@ def wait_for_pending(conn: Connection, lock_row: str, count: int) -> list[int]:
     return ids
 
 
+def asks(m: LockManager, owner: str, lock: str) -> Callable[[], Any]:
+    """A writer's call: `owner` asks `m` for `lock` X."""
+    return lambda: m.try_acquire(owner, {lock: "X"})
+
+
+def line_up(row_holder: Connection, lock_row: str, *calls: Callable[[], Any]) -> tuple[list[InThread], list[int]]:
+    """Start each call (a writer) once the one before has posted its request, so that they line up
+    behind the held row in this order; then let go of the row. The writers, and their request ids."""
+    writers, ids = [], []
+    for count, call in enumerate(calls, 1):
+        writers.append(InThread(call))
+        ids = wait_for_pending(row_holder, lock_row, count)
+    row_holder.rollback()
+    return writers, ids
+
+
 def holder_and_waiter(url: str, lock_row: str, row_holder: Connection, *, holder: str, waiter: str, lock: str) -> None:
     """Before the scene: `holder` holds `lock` X and `waiter` waits for it; the row is held again after."""
     row_holder.rollback()
@@ -107,13 +123,13 @@ def test_the_writer_ahead_applies_the_requests_behind_it_and_they_leave_with_its
 ) -> None:
     first, second, third = writers
     a, b, c, _ = owners
-    t1 = InThread(lambda: first.try_acquire(a, {"platform": "S", "app:a": "X"}))
-    wait_for_pending(row_holder, lock_row, 1)
-    t2 = InThread(lambda: second.try_acquire(b, {"platform": "S", "app:b": "X"}))
-    wait_for_pending(row_holder, lock_row, 2)
-    t3 = InThread(lambda: third.try_acquire(c, {"platform": "X"}))
-    wait_for_pending(row_holder, lock_row, 3)
-    row_holder.rollback()  # let go: the first writer applies all three in one write
+    (t1, t2, t3), _ = line_up(  # the first writer applies all three in one write
+        row_holder,
+        lock_row,
+        lambda: first.try_acquire(a, {"platform": "S", "app:a": "X"}),
+        lambda: second.try_acquire(b, {"platform": "S", "app:b": "X"}),
+        lambda: third.try_acquire(c, {"platform": "X"}),
+    )
 
     one, two, three = t1.result(), t2.result(), t3.result()
     assert isinstance(one, Granted) and isinstance(two, Granted)
@@ -135,11 +151,7 @@ def test_a_release_answered_by_another_writer_says_whom_to_wake(
     a, b, c, _ = owners
     holder_and_waiter(mariadb_url, lock_row, row_holder, holder=b, waiter=c, lock="app:x")
 
-    t1 = InThread(lambda: first.try_acquire(a, {"app:a": "X"}))
-    wait_for_pending(row_holder, lock_row, 1)
-    t2 = InThread(lambda: second.release(b))
-    wait_for_pending(row_holder, lock_row, 2)
-    row_holder.rollback()
+    (t1, t2), _ = line_up(row_holder, lock_row, asks(first, a, "app:a"), lambda: second.release(b))
 
     assert isinstance(t1.result(), Granted)
     release = t2.result()
@@ -156,12 +168,8 @@ def test_an_error_in_a_request_applied_by_another_is_raised_in_its_own_writer(
     a, b, c, _ = owners
     holder_and_waiter(mariadb_url, lock_row, row_holder, holder=c, waiter=b, lock="app:y")
 
-    t1 = InThread(lambda: first.try_acquire(a, {"app:a": "X"}))
-    wait_for_pending(row_holder, lock_row, 1)
     # b waits for app:y; asking for something else without withdrawing is refused.
-    t2 = InThread(lambda: second.try_acquire(b, {"app:z": "X"}))
-    wait_for_pending(row_holder, lock_row, 2)
-    row_holder.rollback()
+    (t1, t2), _ = line_up(row_holder, lock_row, asks(first, a, "app:a"), asks(second, b, "app:z"))
 
     assert isinstance(t1.result(), Granted)
     with pytest.raises(LockStateError, match="already waits for app:y X"):
@@ -191,20 +199,14 @@ def test_a_request_whose_writer_died_before_it_was_read_is_not_applied_and_old_a
 
     # One that dies after its request was answered: the answer stays until a later writer sees
     # the request gone, then it is dropped.
-    t1 = InThread(lambda: first.try_acquire(a, {"app:a": "X"}))
-    wait_for_pending(row_holder, lock_row, 1)
-    t2 = InThread(lambda: second.try_acquire(b, {"app:b": "X"}))
-    wait_for_pending(row_holder, lock_row, 2)
-    row_holder.rollback()
+    (t1, t2), _ = line_up(row_holder, lock_row, asks(first, a, "app:a"), asks(second, b, "app:b"))
     assert isinstance(t1.result(), Granted) and isinstance(t2.result(), Granted)
     assert len(first.snapshot().table.answers) == 1, "b's answer stays for its writer until a later write"
     assert d not in first.snapshot().table.owners()
 
     _contended(first)  # it wrote last: it would swap from memory, and wait on the row without posting
     row_holder.execute(text("SELECT version FROM locks WHERE id = :id FOR UPDATE"), {"id": lock_row})
-    t3 = InThread(lambda: first.release(a))
-    wait_for_pending(row_holder, lock_row, 1)
-    row_holder.rollback()
+    (t3,), _ = line_up(row_holder, lock_row, lambda: first.release(a))
     assert t3.result().released
     assert first.snapshot().table.answers == {}, "answers to requests that are gone are dropped"
 
@@ -216,11 +218,7 @@ def test_an_answer_is_found_by_its_request_key_not_by_a_request_id_the_server_ha
     must not be taken by a new request that gets the same id."""
     first, second, _ = writers
     a, b, c, d = owners
-    t1 = InThread(lambda: first.try_acquire(a, {"app:z": "X"}))
-    wait_for_pending(row_holder, lock_row, 1)
-    t2 = InThread(lambda: second.try_acquire(b, {"app:b": "X"}))
-    _, b_id = wait_for_pending(row_holder, lock_row, 2)
-    row_holder.rollback()
+    (t1, t2), (_, b_id) = line_up(row_holder, lock_row, asks(first, a, "app:z"), asks(second, b, "app:b"))
     assert isinstance(t1.result(), Granted) and isinstance(t2.result(), Granted)
     assert first.snapshot().table.answers, "b's answer (a grant) is left behind"
     engine = create_engine(mariadb_url)
@@ -231,11 +229,10 @@ def test_an_answer_is_found_by_its_request_key_not_by_a_request_id_the_server_ha
     for m in writers:
         _contended(m)
     row_holder.execute(text("SELECT version FROM locks WHERE id = :id FOR UPDATE"), {"id": lock_row})
-    t3 = InThread(lambda: first.try_acquire(c, {"app:c": "X"}))
-    wait_for_pending(row_holder, lock_row, 1)
-    t4 = InThread(lambda: second.try_acquire(d, {"app:z": "X"}))  # a holds app:z: d must wait
-    assert wait_for_pending(row_holder, lock_row, 2)[1] == b_id, "the scene needs the id to come again"
-    row_holder.rollback()
+    (t3, t4), ids = line_up(  # a holds app:z: d must wait
+        row_holder, lock_row, asks(first, c, "app:c"), asks(second, d, "app:z")
+    )
+    assert ids[1] == b_id, "the scene needs the id to come again"
     assert isinstance(t3.result(), Granted)
     waits = t4.result()
     assert isinstance(waits, Queued) and [x.owner for x in waits.blockers] == [a]
@@ -254,11 +251,7 @@ def test_a_dead_holder_blocking_a_posted_request_is_dropped_by_the_writer_that_a
         conn.execute(text("UPDATE tasks SET state = 'succeeded' WHERE id = :id"), {"id": c})
     engine.dispose()
 
-    t1 = InThread(lambda: first.try_acquire(b, {"app:b": "X"}))
-    wait_for_pending(row_holder, lock_row, 1)
-    t2 = InThread(lambda: second.try_acquire(a, {"app:q": "X"}))
-    wait_for_pending(row_holder, lock_row, 2)
-    row_holder.rollback()
+    (t1, t2), _ = line_up(row_holder, lock_row, asks(first, b, "app:b"), asks(second, a, "app:q"))
     assert isinstance(t1.result(), Granted)
     assert isinstance(t2.result(), Granted), "granted once the dead holder was dropped"
     assert first.stats.evicted == 1 and second.stats.answered_for_us == 1
