@@ -27,9 +27,10 @@ what `_mutate` chooses is how to get `:seen` and `:new` cheaply, by how the last
    answer there rolls back inside that same round trip, in the server: it writes nothing and holds
    the row for no round trip of its own. One write, and one client round trip in the hold (plus
    one for each liveness question, when a request is blocked), serve every writer that was waiting
-   (`_posted`). A request goes with its writer's transaction: one whose writer dies before an
-   applier read it is never applied; one read first is applied, like a write whose answer was
-   lost. Answers, under each request's random key, stay until their requests are gone.
+   (`_posted`). A request goes with its writer's transaction, but a writer that dies or gives up
+   while it waits for the row (the server notices a closed connection only when the row is
+   granted) has its request applied all the same, like a write whose answer was lost. Answers,
+   under each request's random key, stay until their requests are gone.
 
 A step that will most likely write nothing (a waiter asking again whether it may go) is read
 without the row lock whatever the contention: a locked read would hold up the writers for nothing.
@@ -66,7 +67,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from lockman.errors import LockError, LockLostError, LockTimeoutError
 from lockman.plan import LockSet, lock_set
 from lockman.requests import Answer, Release, Request, answer_from_json, answer_to_json
-from lockman.store import MULTI_STATEMENTS, DriverSQL, LockStore, Posted, Snapshot
+from lockman.store import ANSWER_KEY, MULTI_STATEMENTS, DriverSQL, LockStore, Posted, Snapshot
 from lockman.table import Decision, Granted, LockTable, Queued
 from models.engine import SKIP_AUTOCOMMIT_ROLLBACK, driver_connect_args
 
@@ -226,7 +227,7 @@ class LockManager:
         # Liveness questions asked while holding the row (`_side_prober`): a pool that no writer
         # waiting for the row can be holding.
         self._probe: Engine = create_engine(
-            self.url, isolation_level="AUTOCOMMIT", **SKIP_AUTOCOMMIT_ROLLBACK, **{**common, "pool_size": 1}
+            self.url, isolation_level="AUTOCOMMIT", **SKIP_AUTOCOMMIT_ROLLBACK, **_one_connection(common)
         )
         if sqlite:
             from models.engine import _sqlite_pragmas
@@ -366,8 +367,8 @@ class LockManager:
 
     def _mutate(self, request: Request) -> Answer:
         self.stats.operations += 1
-        # One answer key for every attempt: a retry after an error finds the answer to a request
-        # of ours that was applied while our attempt failed (see `_posted`).
+        # One answer key for every attempt: a retry is not applied again while an earlier attempt's
+        # request is still pending (see `_posted`).
         request = dataclasses.replace(request, key=secrets.token_hex(8))
 
         def step(snap: Snapshot, dead: Prober) -> tuple[LockTable | None, Answer]:
@@ -473,9 +474,8 @@ class LockManager:
                     return value
                 self.stats.cas_attempts += 1
                 swapped = self._store.compare_and_swap(conn, new, snap.version, commit=True)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self._store.finish(conn, commit=False)
+            except BaseException as err:
+                self._abandon(conn, err)
                 raise
         if not swapped:
             raise LockError(f"lock row {self.row_id!r} changed while locked FOR UPDATE")
@@ -493,9 +493,10 @@ class LockManager:
         the server: no second round trip, no write, and the row lock held only for the server's
         own work. A writer whose request nobody answered yet applies its own and every other
         pending one. A request goes with its writer's transaction; one that an applier read
-        before its writer failed is applied all the same (as a write whose answer was lost): the
-        retry (same key) finds that answer while it is still in the document, which keeps answers
-        until their requests are gone.
+        before its writer failed is applied all the same, as a write whose answer was lost (a
+        retry, under the same key, is not applied twice while that request is still pending;
+        once it is gone its answer is dropped, and a retried release then reports nothing to
+        wake: the sweep wakes those waiters).
         """
         self.stats.queued_writes += 1
         with self._posting.connect() as conn:
@@ -521,20 +522,24 @@ class LockManager:
                 logger.warning("lock row %s: no lock_requests table (run `boxtasks db upgrade`)", self.row_id)
                 self._can_post, self._post_again_at = False, time.monotonic() + _POSTING_RECHECK
                 answer = None
-            except DBAPIError:
-                with contextlib.suppress(Exception):
-                    self._store.finish(conn, commit=False)
-                raise
-            except BaseException:
-                # Interrupted (a soft time limit, a signal) perhaps half-way through the results: the
-                # connection may be out of step with the server; it must not go back to the pool.
-                conn.invalidate()
+            except BaseException as err:
+                self._abandon(conn, err)
                 raise
         if answer is None:
             return self._queued(step, tried_memory=tried_memory)
         if isinstance(answer, LockError):
             raise answer
         return answer
+
+    def _abandon(self, conn: Connection, err: BaseException) -> None:
+        """End a locked transaction that failed: roll back after a database error; after anything
+        else (a soft time limit, a signal), perhaps half-way through reading the results, the
+        connection may be out of step with the server and must not go back to the pool."""
+        if isinstance(err, DBAPIError):
+            with contextlib.suppress(Exception):
+                self._store.finish(conn, commit=False)
+        else:
+            conn.invalidate()
 
     def _apply_pending(
         self, conn: Connection, driver: DriverSQL, request: Request, posted: Posted, snap: Snapshot
@@ -547,8 +552,11 @@ class LockManager:
                 pending.append((rid, request))
                 continue
             try:
-                pending.append((rid, Request.from_json(driver.decode_request(body))))
-            except LockError as err:  # nobody can answer it (no key): its writer applies its own
+                other = Request.from_json(driver.decode_request(body))
+                if not ANSWER_KEY.fullmatch(other.key):
+                    raise LockError(f"no answer key in {body!r:.200}")
+                pending.append((rid, other))
+            except LockError as err:  # nobody could pick its answer up: its writer applies its own
                 logger.warning("lock row %s: skipping posted request %s: %s", self.row_id, rid, err)
         waiting = {r.key for _, r in pending}
         answers = {key: a for key, a in snap.table.answers.items() if key in waiting}
@@ -556,8 +564,12 @@ class LockManager:
         table, mine = snap.table, None
         dead = self._side_prober(snap)
         for rid, other in pending:
-            if rid != posted.request_id and other.key in answers:
-                continue  # answered by a writer before us; its writer has not picked it up yet
+            if other.key in answers:
+                # Answered by a writer before us; its writer has not picked it up yet. Ours too,
+                # when an earlier attempt of this operation is still pending: not applied twice.
+                if rid == posted.request_id:
+                    mine = answer_from_json(answers[other.key], other)
+                continue
             answer: Answer | LockError
             try:
                 new, answer = other.apply(table, snap.version, dead, self._log_eviction)
@@ -713,6 +725,13 @@ def _with_multi_statements(url: URL) -> URL:
         return url
     flag = int(str(url.query.get("client_flag", 0))) | MULTI_STATEMENTS
     return url.update_query_dict({"client_flag": str(flag)})
+
+
+def _one_connection(common: dict[str, Any]) -> dict[str, Any]:
+    """Pool options for one connection (only the writer holding the row asks; none on SQLite)."""
+    if "pool_size" not in common:
+        return common
+    return {**common, "pool_size": 1, "max_overflow": 0}
 
 
 def _missing_table(err: ProgrammingError) -> bool:

@@ -61,7 +61,7 @@ class Posted:
 #: A posted request's answer key: random, so that a request id the server hands out again (its
 #: AUTO_INCREMENT counter restarts on a promoted replica or a recreated table) can never pick up
 #: an answer meant for another request.
-_ANSWER_KEY = re.compile(r"[0-9a-f]{16}")
+ANSWER_KEY = re.compile(r"[0-9a-f]{16}")
 _KEY_MARK = "\x01KEY\x01"
 
 #: PyMySQL's CLIENT.MULTI_STATEMENTS capability bit.
@@ -314,7 +314,7 @@ class DriverSQL:
         (waiting in line), then either leave at once, rolled back, because the writer before us
         answered our request (under `key`), or stay holding the row and read every pending request.
         """
-        if not _ANSWER_KEY.fullmatch(key):
+        if not ANSWER_KEY.fullmatch(key):
             raise LockError(f"an answer key is 16 hex digits, not {key!r}")
         with _translated(conn, "INSERT INTO lock_requests ...") as cursor:
             if self._post_sql is None:

@@ -5,7 +5,7 @@ A document holds the granted locks (holders) and the requests that wait (waiters
     {"holders": [{"owner": "t1", "name": "platform", "mode": "S", "token": 17, "label": "apptask"}],
      "waiters": [{"owner": "t2", "locks": [["platform", "X"]], "seq": 5, "label": "update", "nested": false}],
      "seq": 5,
-     "answers": {"812": {"granted": 18, "locks": [["app:a1", "X"]]}}}
+     "answers": {"9f86d081884c7d65": {"granted": 18}}}
 
 `answers` (absent when empty) carries the replies to requests that waiting writers posted and the
 row's writer applied for them (`lockman.requests`); every transition keeps it as it is.
@@ -97,7 +97,7 @@ class LockTable:
     holders: tuple[Holder, ...] = ()
     waiters: tuple[Waiter, ...] = ()
     seq: int = 0
-    #: Replies to posted requests, by request id, until their writers have read them.
+    #: Replies to posted requests, by each request's answer key, until their requests are gone.
     answers: Mapping[str, Any] = field(default_factory=dict)
     _by_name: dict[str, tuple[Holder, ...]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -303,7 +303,7 @@ class LockTable:
             seq = _int(data["seq"])
             answers = data.get("answers", {})
             if not isinstance(answers, Mapping) or not all(isinstance(k, str) for k in answers):
-                raise TypeError(f"answers: expected an object keyed by request id, got {answers!r:.80}")
+                raise TypeError(f"answers: expected an object keyed by answer key, got {answers!r:.80}")
         except (KeyError, TypeError, ValueError) as err:
             raise LockDocumentError(row_id, f"{type(err).__name__}: {err}") from err
         _check_consistent(holders, waiters, seq, row_id)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
-from lockman import Granted, LockManager, LockStateError, Queued, Release
+from lockman import Granted, LockManager, LockStateError, Queued, Release, Request
 from tests.integration.test_lock_roundtrips import _contended
 from tests.owners import add_owner
 
@@ -256,3 +256,36 @@ def test_a_dead_holder_blocking_a_posted_request_is_dropped_by_the_writer_that_a
     assert isinstance(t2.result(), Granted), "granted once the dead holder was dropped"
     assert first.stats.evicted == 1 and second.stats.answered_for_us == 1
     assert c not in first.snapshot().table.owners()
+
+
+def test_a_retry_is_not_applied_again_while_the_earlier_attempt_is_pending_and_keyless_requests_are_skipped(
+    writers: list[LockManager], owners: list[str], row_holder: Connection, lock_row: str, mariadb_url: str
+) -> None:
+    """An earlier attempt of a release is still pending (its writer has not ended it yet) when the
+    retry, under the same key, gets the row: the retry answers with what the first release freed,
+    not with "nothing held". A request that carries no answer key is left alone."""
+    first, _, _ = writers
+    a, _, _, d = owners
+    row_holder.rollback()  # no scene of waiting writers here: the earlier attempt is posted by hand
+    assert isinstance(first.try_acquire(a, {"app:a": "X"}), Granted)
+    _contended(first)
+    key = "0123456789abcdef"
+    engine = create_engine(mariadb_url)
+    try:
+        with engine.connect() as earlier:  # both requests stay pending, uncommitted, until the end
+            for body in (
+                f'{{"kind": "release", "owner": "{a}", "key": "{key}"}}',
+                f'{{"kind": "acquire", "owner": "{d}", "locks": {{"app:d": "X"}}}}',
+            ):
+                insert = text("INSERT INTO lock_requests (row_id, body) VALUES (:r, :b)")
+                earlier.execute(insert, {"r": lock_row, "b": body})
+            retry = Request("release", owner=a, key=key)
+            step: Any = None  # the posting path needs no step (only its fallback does)
+            release = first._posted(retry, step)
+            earlier.rollback()
+    finally:
+        engine.dispose()
+    assert isinstance(release, Release)
+    assert [(h.owner, h.name) for h in release.released] == [(a, "app:a")], "the first release's answer"
+    owners_now = first.snapshot().table.owners()
+    assert a not in owners_now and d not in owners_now, "released once; the keyless request skipped"
