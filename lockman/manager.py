@@ -507,16 +507,14 @@ class LockManager:
                 if posted.pending is None:
                     # Answered: the server sent only our answer, not the document.
                     self.stats.answered_for_us += 1
-                    version = posted.row[1]
-                    self._observe(Snapshot(LockTable(), version, None), tried_memory=tried_memory, seen=False)
+                    self._observe_version(posted.row[1], tried_memory=tried_memory)
                     answer = answer_from_json(posted.answer, request)
                 else:
                     snap = self._store.parse_row(driver, posted.row)
                     self._observe(snap, tried_memory=tried_memory, locked=True)
                     answer = self._apply_pending(conn, driver, request, posted, snap)
             except ProgrammingError as err:
-                with contextlib.suppress(Exception):
-                    self._store.finish(conn, commit=False)
+                self._abandon(conn, err)
                 if not _missing_table(err):
                     raise
                 logger.warning("lock row %s: no lock_requests table (run `boxtasks db upgrade`)", self.row_id)
@@ -651,23 +649,31 @@ class LockManager:
         with mem.lock:
             return mem.fresh_risk_now(time.monotonic()) < self._fresh_max_risk
 
-    def _observe(self, snap: Snapshot, *, tried_memory: bool, locked: bool = False, seen: bool = True) -> None:
-        """A read saw the row at `snap.version`. That tells, exactly, whether a swap from our last
-        write would have worked (nobody wrote since); a locked read that finds the row as we left it
-        also says that a read-and-swap would have. `seen`: keep `snap` as the row last seen."""
+    def _observe(self, snap: Snapshot, *, tried_memory: bool, locked: bool = False) -> None:
+        """A read saw the row: keep it as the row last seen, and learn from its version."""
+        with self._memory.lock:
+            self._memory.seen = snap
+            self._learn_version(snap.version, tried_memory=tried_memory, locked=locked)
+
+    def _observe_version(self, version: int, *, tried_memory: bool) -> None:
+        """The row is at `version` (an answer to a posted request: the document itself is not read)."""
+        with self._memory.lock:
+            self._learn_version(version, tried_memory=tried_memory, locked=False)
+
+    def _learn_version(self, version: int, *, tried_memory: bool, locked: bool) -> None:
+        """The row is at `version` (the memory's lock held). That tells, exactly, whether a swap from
+        our last write would have worked (nobody wrote since); a locked read that finds the row as
+        we left it also says that a read-and-swap would have."""
         mem = self._memory
-        with mem.lock:
-            if seen:
-                mem.seen = snap
-            if mem.snapshot is None:
-                return
-            untouched = mem.snapshot.version == snap.version
-            if not tried_memory:
-                mem.learn_memory(failed=not untouched)
-            if locked and untouched:
-                mem.learn_fresh(failed=False, now=time.monotonic())
-            if not untouched:
-                mem.snapshot = None
+        if mem.snapshot is None:
+            return
+        untouched = mem.snapshot.version == version
+        if not tried_memory:
+            mem.learn_memory(failed=not untouched)
+        if locked and untouched:
+            mem.learn_fresh(failed=False, now=time.monotonic())
+        if not untouched:
+            mem.snapshot = None
 
     def _predicts_idle(self, step: Step[Any]) -> bool:
         """Whether `step` writes nothing on the row as we last saw it (tried only when such steps

@@ -283,15 +283,10 @@ class DriverSQL:
         return None if row is None else tuple(row)
 
     def swap(self, conn: Connection, doc: Mapping[str, Any], seen: int, *, commit: bool) -> bool:
-        # The document goes into the statement as a hex literal: PyMySQL escapes a string parameter
-        # character by character (about 60 us for a 2 KB document, inside the critical section),
-        # while hex is made at C speed and, being only [0-9a-f], needs no escaping at all.
-        literal = "CONVERT(X'" + self._dumps(doc).hex() + "' USING utf8mb4)"
         dbapi_conn = conn.connection.dbapi_connection
         together = commit and bool(getattr(dbapi_conn, "client_flag", 0) & MULTI_STATEMENTS)
         with _translated(conn, self._cas.sql) as cursor:
-            head, middle, tail = self._cas_parts or self._render_cas(cursor)
-            sql = head + literal + middle + str(int(seen)) + tail
+            sql = self._cas_text(cursor, doc, seen)
             if together:
                 sql += "; COMMIT"
             matched = cursor.execute(sql)
@@ -340,11 +335,9 @@ class DriverSQL:
 
     def apply_posted(self, conn: Connection, request_id: int, doc: Mapping[str, Any], seen: int) -> bool:
         """Swap in the document that answers the pending requests, drop ours, commit: one round trip."""
-        literal = "CONVERT(X'" + self._dumps(doc).hex() + "' USING utf8mb4)"
         with _translated(conn, self._cas.sql) as cursor:
-            head, middle, tail = self._cas_parts or self._render_cas(cursor)
             delete = f"DELETE FROM {_requests.name} WHERE id = {int(request_id)}; "
-            cursor.execute(delete + head + literal + middle + str(int(seen)) + tail + "; COMMIT")
+            cursor.execute(delete + self._cas_text(cursor, doc, seen) + "; COMMIT")
             cursor.nextset()
             matched = cursor.rowcount
             while cursor.nextset():
@@ -367,6 +360,16 @@ class DriverSQL:
             " END IF; END"
         )
         return head, tail
+
+    def _cas_text(self, cursor: Any, doc: Mapping[str, Any], seen: int) -> str:
+        """The compare-and-swap of `doc` over version `seen`, as final SQL text.
+
+        The document goes in as a hex literal: PyMySQL escapes a string parameter character by
+        character (about 60 us for a 2 KB document, inside the critical section), while hex is
+        made at C speed and, being only [0-9a-f], needs no escaping at all.
+        """
+        head, middle, tail = self._cas_parts or self._render_cas(cursor)
+        return head + "CONVERT(X'" + self._dumps(doc).hex() + "' USING utf8mb4)" + middle + str(int(seen)) + tail
 
     def _render_cas(self, cursor: Any) -> tuple[str, str, str]:
         """The compare-and-swap as text around its two per-call values, the document and `seen`."""
