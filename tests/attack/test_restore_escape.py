@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,30 @@ def test_a_hostile_archive_is_refused_by_restore_and_clone_and_nothing_is_writte
             found.append("left a staging directory")
     assert {name: found for name, found in problems.items() if found} == {}
     assert kit.inspect(str(first["containerId"]))["State"]["Running"]
+
+
+@pytest.mark.docker
+def test_a_backup_leaves_out_what_a_restore_would_refuse_and_restores(kit: Kit, tmp_path: Path) -> None:
+    """What an app leaves in its data that cannot be restored safely is not archived, so its backups restore."""
+    app_id = new_app_id("odd")
+    install(kit, app_id)
+    data = kit.box.app_dir(app_id) / "data"
+    write_tree(data)
+    (data / "suid").write_text("#!/bin/sh\n")
+    os.chmod(data / "suid", 0o4755)
+    (data / "shared").mkdir(mode=0o755)
+    os.chmod(data / "shared", 0o3775)
+    os.mkfifo(data / "pipe")
+    (data / "to-host").symlink_to(tmp_path)
+    (data / "up-and-out").symlink_to("../../../..")
+    bid = kit.run(backups.backup, app_id)["backupId"]
+    (data / "blob.bin").write_bytes(b"changed after the backup")
+
+    kit.run(restore.restore, app_id, backupId=bid)
+    restored = tree(data)
+    assert restored["suid"][:2] == ("file", 0o755) and restored["shared"][:2] == ("dir", 0o775)
+    assert not {"pipe", "to-host", "up-and-out"} & restored.keys()
+    assert restored["link-to-deep"] == ("link", "a/b/c/deep.txt")  # a link inside stays
 
 
 def test_a_release_with_a_member_outside_its_target_is_refused(tmp_path: Path) -> None:
