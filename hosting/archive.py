@@ -104,10 +104,10 @@ class _HashingReader(io.RawIOBase):
 
 def write(dest: Path, contents: Contents) -> Written:
     """Write `contents` as a .tar.gz at `dest` (temp name, fsync, verify, rename); return its size and sum."""
+    private_dir(dest.parent)
     tmp = dest.with_name(f"{TEMP_PREFIX}{dest.name}")
+    _unlink_quietly(tmp)  # a crashed writer's leftover may have another mode: start afresh
     try:
-        private_dir(dest.parent)
-        _unlink_quietly(tmp)  # a crashed writer's leftover may have another mode: start afresh
         with os.fdopen(create_private_file(tmp), "wb") as raw:
             hashing = _HashingWriter(raw)
             with (
