@@ -6,6 +6,7 @@ from typing import Any
 
 from celery.schedules import crontab
 
+from config.filemodes import private_dir
 from config.settings import Settings
 
 #: One queue per kind of work, so a long full backup never stands in front of an app install.
@@ -29,7 +30,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         return {}
     root = settings.resolved_data_dir / "broker"
     for sub in ("queue", "processed", "control"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(root / sub)
     return {
         "data_folder_in": str(root / "queue"),
         "data_folder_out": str(root / "queue"),
@@ -71,7 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     * track_started + task events: Flower shows STARTED and our custom PROGRESS/WAITING states.
     * No result backend is polled by clients: the `tasks` table is the record.
     """
-    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.resolved_data_dir)
     return {
         "broker_url": settings.effective_broker_url,
         "broker_transport_options": broker_transport_options(settings),

@@ -224,9 +224,17 @@ def usable(conn: Connection, settings: Settings, bid: str, *, kind: str = "app")
 
 
 def verify(settings: Settings, row: Any) -> Path:
-    """The archive of `row`, read in full against its recorded checksum and size."""
+    """The archive of `row`, read in full against its recorded checksum and size, every member inside
+    its target; an app backup's `data` is a directory (it becomes the app's data directory)."""
     path = file_of(settings, row.path)
-    archive.verify(path, sha256=row.checksum, size=row.size)
+    members = archive.verify(path, sha256=row.checksum, size=row.size)
+    if row.type == "app":
+        for member in members:
+            if member.name.rstrip("/") in (DATA, f"./{DATA}") and not member.isdir():
+                raise CorruptBackupError(
+                    f"backup archive {path} is corrupt: its {DATA!r} is not a directory; "
+                    "it is refused and nothing was restored"
+                )
     return path
 
 
