@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import Engine, select
-
 from config import get_settings
 from hosting.checks import backups_supported, run_checks
-from models import Task, get_engine
+from models import get_engine
 from tasks import client
 from tasks.celery import app
+from tasks.errors import DuplicateTaskError
 
 logger = logging.getLogger(__name__)
-
-_ACTIVE = ("queued", "waiting", "running")
 
 
 @app.task(name="boxtasks.check_alerts", ignore_result=True)
@@ -32,15 +29,8 @@ def nightly_fullbackup() -> str | None:
     if not backups_supported():
         logger.warning("nightly full backup skipped: this server has no backup support yet (hosting)")
         return None
-    engine = get_engine()
-    busy = _busy(engine)
-    if busy:
-        logger.info("nightly full backup skipped: %s is still under way", busy[0])
+    try:
+        return client.enqueue("fullbackup", {}, engine=get_engine())
+    except DuplicateTaskError as err:  # the guard (tasks.guards) answers with the one under way
+        logger.info("nightly full backup skipped: %s is still under way", err.task_id)
         return None
-    return client.enqueue("fullbackup", {}, engine=engine)
-
-
-def _busy(engine: Engine) -> list[str]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(Task.id).where(Task.type == "fullbackup", Task.state.in_(_ACTIVE))).all()
-    return [r.id for r in rows]
