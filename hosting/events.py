@@ -26,6 +26,8 @@ class Action(enum.StrEnum):
     APP_UPDATE_AVAILABLE = "app.update_available"
     APP_OOM = "app.oom"
     BACKUP_FINISH = "backup.finish"
+    #: One backup run ended: a full backup task (all its app backups), or one app backup task.
+    BACKUP_RUN = "backup.run"
     CERT_RENEWAL = "cert.renewal"
     PLATFORM_UPDATE_AVAILABLE = "platform.update_available"
     PLATFORM_UPDATE = "platform.update"

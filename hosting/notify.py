@@ -7,10 +7,16 @@ The rules (DESIGN.md, "Data the seed asks for"):
 | app OOM | yes | yes | no |
 | app updated | yes | yes | no |
 | cert renewal failed | yes | only under 10 days left | same as notification |
-| backup finished/failed | yes | only when the last 5 backups failed | same as notification |
+| one backup ended | yes | no | no |
+| a backup run ended | yes | only when the last 5 runs of its series failed | same as notification |
 | platform update available | yes | yes | no |
 | platform updated | yes | yes | no |
 | app update available | yes | no | no |
+
+A backup *run* is one full backup task (all its app backups and the box backup) or one app backup
+task; runs form series (`FULL_BACKUP_SERIES`, `app_series(app_id)`), and each run's end is one
+`backup.run` event naming its task. So one full backup of 5 failing apps is one failed run (not
+news the first night), and an app that fails five nights running fails five full backup runs.
 
 Alerts are notifications with a kind, one row per kind (unique `alert_kind`), cleared when the
 condition clears. Each rule writes in the caller's transaction and returns an `Outcome` whose
@@ -39,8 +45,15 @@ logger = logging.getLogger(__name__)
 
 #: A failed cert renewal is news only when fewer days than this remain.
 CERT_NOTIFY_DAYS = 10
-#: A failed backup is news only when this many of the latest backups failed in a row.
+#: A failed backup run is news only when this many of the latest runs of its series failed in a row.
 BACKUP_FAILURES_TO_NOTIFY = 5
+#: The series of full backup runs; an app's own backup runs are `app_series(app_id)`.
+FULL_BACKUP_SERIES = "fullbackup"
+
+
+def app_series(app_id: str) -> str:
+    """The series of an app's own backup runs (the `backup` app operation)."""
+    return f"app:{app_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +136,51 @@ def backup_finished(
     error: str | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> Outcome:
-    """A backup ended: news (notification and email) only when it and the 4 before it all failed."""
-    event_id = record(conn, Action.BACKUP_FINISH, source=source, data={"backupId": backup_id, "errorMessage": error})
-    if not error:
+    """One backup (an app's or the box's) ended: eventlog only. News is per run (`backup_run_finished`)."""
+    return Outcome(
+        record(conn, Action.BACKUP_FINISH, source=source, data={"backupId": backup_id, "errorMessage": error})
+    )
+
+
+def backup_run_finished(
+    conn: Connection,
+    settings: Settings,
+    *,
+    task_id: str,
+    series: str,
+    error: str | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> Outcome:
+    """A backup run ended: news (notification and email) only when it and the 4 runs of its series before it failed.
+
+    The run is the task `task_id`; `series` is `FULL_BACKUP_SERIES` or `app_series(app_id)`.
+    """
+    data = {"series": series, "taskId": task_id, "failed": error is not None, "errorMessage": error}
+    event_id = record(conn, Action.BACKUP_RUN, source=source, data=data)
+    if error is None:
         return Outcome(event_id)
     latest = conn.execute(
         select(Event.data)
-        .where(Event.action == Action.BACKUP_FINISH.value)
+        .where(Event.action == Action.BACKUP_RUN.value, Event.data["series"].as_string() == series)
         .order_by(Event.id.desc())
         .limit(BACKUP_FAILURES_TO_NOTIFY)
     ).scalars()
-    failed = sum(1 for data in latest if (data or {}).get("errorMessage"))
+    failed = sum(1 for run in latest if (run or {}).get("failed"))
     if failed < BACKUP_FAILURES_TO_NOTIFY:
-        logger.info("backup failed (%d of the last %d failed): logged only", failed, BACKUP_FAILURES_TO_NOTIFY)
+        logger.info(
+            "backup run %s of %s failed (%d of the last %d failed): logged only",
+            task_id,
+            series,
+            failed,
+            BACKUP_FAILURES_TO_NOTIFY,
+        )
         return Outcome(event_id)
-    title = f"The last {BACKUP_FAILURES_TO_NOTIFY} backups failed"
-    return _urgent(conn, settings, event_id, title, f"Last error: {error}. Check the backup configuration.")
+    if series == FULL_BACKUP_SERIES:
+        title = f"The last {BACKUP_FAILURES_TO_NOTIFY} full backups failed"
+    else:
+        title = f"The last {BACKUP_FAILURES_TO_NOTIFY} backups of app {series.removeprefix('app:')} failed"
+    message = f"Last error (task {task_id}): {error}. Check the backup configuration and the apps named."
+    return _urgent(conn, settings, event_id, title, message)
 
 
 def platform_update_available(conn: Connection, *, version: str, changelog: str = "") -> Outcome:
