@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     docker_timeout_seconds: float = Field(default=120.0, gt=0, description="one Docker API call, pulls included")
     app_network: str = Field(default="bridge", min_length=1, description="network app containers join")
     app_stop_timeout_seconds: int = Field(default=10, ge=0, le=600, description="SIGTERM to SIGKILL on stop")
+    oom_watch: bool = Field(
+        default=True, description="celery beat watches the Docker engine for app containers killed out of memory"
+    )
 
     # Admin email: what needs an admin now goes over SMTP (smtplib); empty host: email is off.
     smtp_host: str = Field(default="", description="SMTP relay for admin email; empty disables email")

@@ -32,6 +32,7 @@ class Action(enum.StrEnum):
     PLATFORM_UPDATE_AVAILABLE = "platform.update_available"
     PLATFORM_UPDATE = "platform.update"
     BACKUP_CLEANUP = "backup.cleanup"
+    TASK_INTERRUPTED = "task.interrupted"
     ALERT_RAISED = "alert.raised"
     ALERT_CLEARED = "alert.cleared"
 

@@ -12,6 +12,7 @@ The rules (DESIGN.md, "Data the seed asks for"):
 | platform update available | yes | yes | no |
 | platform updated | yes | yes | no |
 | app update available | yes | no | no |
+| task interrupted (worker killed, host lost) | yes | yes | no |
 
 A backup *run* is one full backup task (all its app backups and the box backup) or one app backup
 task; runs form series (`FULL_BACKUP_SERIES`, `app_series(app_id)`), and each run's end is one
@@ -28,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -39,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from config import Settings
 from hosting import mailer
 from hosting.events import Action, record
-from models import Event, Notification
+from models import App, Event, Notification, PlatformState, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,62 @@ def backup_run_finished(
         title = f"The last {BACKUP_FAILURES_TO_NOTIFY} backups of app {series.removeprefix('app:')} failed"
     message = f"Last error (task {task_id}): {error}. Check the backup configuration and the apps named."
     return _urgent(conn, settings, event_id, title, message)
+
+
+def task_interrupted(
+    conn: Connection, *, task_id: str, kind: str, app_id: str | None, reason: str, operation: str | None = None
+) -> Outcome:
+    """A task's process died under it: notification naming the task and the state it left behind, no email."""
+    what = f"{kind} {operation}" if operation else kind
+    if app_id:
+        app = conn.execute(select(App.installation_state, App.run_state).where(App.id == app_id)).first()
+        if app is None:
+            left = f"App {app_id} no longer exists."
+        else:
+            left = f"App {app_id} is now {app.installation_state} ({app.run_state})."
+            if str(app.installation_state).startswith("pending_"):
+                again = str(app.installation_state).removeprefix("pending_")
+                left += f" Issue {again} again (boxtasks task retry {task_id}), or repair or uninstall it."
+        title = f"Task {what} of app {app_id} was interrupted"
+    else:
+        platform = conn.execute(select(PlatformState.version, PlatformState.ready)).first()
+        left = (
+            "The platform has no recorded state yet."
+            if platform is None
+            else f"The platform is at version {platform.version}, {'ready' if platform.ready else 'not ready'}."
+        )
+        left += f" Retry it with `boxtasks task retry {task_id}`."
+        title = f"Task {what} was interrupted"
+    data = {"taskId": task_id, "type": kind, "operation": operation, "appId": app_id, "reason": reason, "left": left}
+    event_id = record(conn, Action.TASK_INTERRUPTED, source={"taskId": task_id, "app_id": app_id}, data=data)
+    message = f"Task {task_id} stopped before it finished: {reason}. {left}"
+    return Outcome(event_id, _notification(conn, event_id, title, message))
+
+
+def report_interrupted(engine: Engine, task_ids: Sequence[str], *, reason: str) -> list[Outcome]:
+    """`task_interrupted` for each task that ended `interrupted` (a stop asked for is no news).
+
+    Each in a transaction of its own; a failure is logged, never raised: the caller is freeing the
+    dead task's locks, and that must go on.
+    """
+    outcomes: list[Outcome] = []
+    for task_id in task_ids:
+        try:
+            with engine.begin() as conn:
+                row = conn.execute(
+                    select(Task.type, Task.app_id, Task.args, Task.state).where(Task.id == task_id)
+                ).first()
+                if row is None or row.state != TaskState.INTERRUPTED.value:
+                    continue
+                operation = (row.args or {}).get("operation") if row.type == "apptask" else None
+                outcomes.append(
+                    task_interrupted(
+                        conn, task_id=task_id, kind=row.type, app_id=row.app_id, reason=reason, operation=operation
+                    )
+                )
+        except Exception:
+            logger.exception("could not record the notification of interrupted task %s", task_id)
+    return outcomes
 
 
 def platform_update_available(conn: Connection, *, version: str, changelog: str = "") -> Outcome:

@@ -18,6 +18,8 @@ from hosting.docker_engine import DockerEngine
 from hosting.notify import AlertKind
 from lockman import LockManager
 from models import App, Backup, Event, Notification
+from tasks import records
+from tasks.runner import Runtime, recover_dead
 from tests.appkit import SmtpSink, smtp_sink
 from tests.owners import add_owner
 
@@ -257,3 +259,42 @@ def test_email_off_without_smtp_host_and_undeliverable_email_does_not_raise(engi
         engine, dead, notify.cert_renewal_failed, settings=dead, domain="d", expires_at=NOW, error="x", now=NOW
     )
     assert len(outcome.emails) == 1 and notify.deliver(dead, outcome) == 0
+
+
+def test_an_interrupted_task_is_news_naming_the_task_and_the_app_state(
+    engine: Engine, runtime: tuple[Runtime, list[str]]
+) -> None:
+    """recover_dead (worker lost, host gone, a heartbeat that stopped) raises one notification per interrupted task."""
+    rt, _ = runtime
+    app_id = f"int-{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(
+            insert(App).values(
+                id=app_id,
+                app_store_id="io.example.int",
+                manifest={"id": "io.example.int", "version": "1.0.0", "image": "busybox", "httpPort": 80},
+                version="1.0.0",
+                location=app_id,
+                installation_state="pending_configure",
+            )
+        )
+    dead = records.create(
+        engine, kind="apptask", queue="apptask", args={"app_id": app_id, "operation": "configure"}, app_id=app_id
+    )
+    stopped = records.create(engine, kind="fullbackup", queue="backup", args={}, app_id=None)
+    for task_id in (dead, stopped):
+        assert records.claim(engine, task_id, worker=rt.worker, pid=rt.pid).claimed
+    records.request_stop(engine, stopped)  # asked to stop: it ends cancelled, which is no news
+    try:
+        assert sorted(recover_dead(rt, [dead, stopped], reason="its worker process died")) == sorted([dead, stopped])
+        with engine.connect() as conn:
+            notes = conn.execute(select(Notification.title, Notification.message)).all()
+            event = conn.execute(select(Event.data).where(Event.action == "task.interrupted")).scalar_one()
+        assert [n.title for n in notes] == [f"Task apptask configure of app {app_id} was interrupted"]
+        assert dead in notes[0].message and "its worker process died" in notes[0].message
+        assert f"App {app_id} is now pending_configure (running)" in notes[0].message
+        assert f"boxtasks task retry {dead}" in notes[0].message
+        assert event["taskId"] == dead and event["appId"] == app_id
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(App).where(App.id == app_id))
