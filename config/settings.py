@@ -94,6 +94,17 @@ class Settings(BaseSettings):
         default=6.0, gt=0, description="a `creating` backup this old, no live task: error"
     )
 
+    # History: how long finished tasks, eventlog entries and notifications are kept (beat prunes daily).
+    retain_tasks_days: int = Field(default=180, ge=1, le=36500, description="finished tasks older than this go")
+    retain_eventlog_days: int = Field(
+        default=365, ge=1, le=36500, description="eventlog entries older than this go (unless a notification needs one)"
+    )
+    retain_notifications_days: int = Field(
+        default=180, ge=1, le=36500, description="notifications older than this go (alerts stay until cleared)"
+    )
+    history_batch_rows: int = Field(default=5000, ge=100, le=100_000, description="rows deleted per transaction")
+    history_prune_hours: float = Field(default=24.0, gt=0, description="how often beat prunes the history")
+
     # The platform itself: its releases (update) and its shared services (platformstart).
     release_url: str = Field(default="", description="release tarball URL (file://, http(s)://); empty: none set")
     release_public_key: str = Field(

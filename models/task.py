@@ -35,6 +35,7 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_state_type", "state", "type"),
         Index("ix_tasks_app_id_created_at", "app_id", "created_at"),
+        Index("ix_tasks_created_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

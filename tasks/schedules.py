@@ -1,4 +1,4 @@
-"""What celery beat runs besides the lock sweep: the nightly full backup, the alert checks, the OOM watch.
+"""What celery beat runs besides the lock sweep: nightly full backup, alert checks, history pruning, OOM watch.
 
 The OOM watch (`hosting.oom.watch_forever`) is a thread of the beat process, started when beat starts:
 a deployment runs one beat and has one Docker engine, so each OOM kill is recorded once, whatever
@@ -17,6 +17,7 @@ from typing import Any
 from celery import signals
 
 from config import get_settings
+from hosting import history
 from hosting.box import default_box
 from hosting.checks import backups_supported, run_checks
 from hosting.oom import watch_forever
@@ -51,6 +52,13 @@ def _start_oom_watch(**_: Any) -> None:
 @app.task(name="boxtasks.check_alerts", ignore_result=True)
 def check_alerts() -> dict[str, str]:
     return {r.kind.value: r.state for r in run_checks(get_engine(), get_settings())}
+
+
+@app.task(name="boxtasks.prune_history", ignore_result=True)
+def prune_history() -> dict[str, object]:
+    """Drop finished tasks, notifications and eventlog entries past their retention (hosting.history)."""
+    settings = get_settings()
+    return history.prune(get_engine(), history.Retention.from_settings(settings)).as_dict()
 
 
 @app.task(name="boxtasks.nightly_fullbackup", ignore_result=True)
