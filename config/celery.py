@@ -22,6 +22,7 @@ TASK_QUEUES = {
     "boxtasks.sweep": "maintenance",
     "boxtasks.check_alerts": "maintenance",
     "boxtasks.nightly_fullbackup": "maintenance",
+    "boxtasks.prune_history": "maintenance",
 }
 
 
@@ -42,7 +43,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """What celery beat sends: the lock sweep, the alert checks and (unless off) the nightly full backup.
+    """What celery beat sends: the lock sweep, the alert checks, history pruning and (unless off) the nightly backup.
 
     The nightly task only enqueues a `fullbackup` like the API does (tasks/schedules.py). Backup
     retention has no entry of its own: each full backup applies it when it ends (hosting).
@@ -50,6 +51,7 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     schedule: dict[str, Any] = {
         "lock-sweep": {"task": "boxtasks.sweep", "schedule": settings.sweep_seconds},
         "alert-checks": {"task": "boxtasks.check_alerts", "schedule": settings.alert_check_seconds},
+        "history-prune": {"task": "boxtasks.prune_history", "schedule": settings.history_prune_hours * 3600},
     }
     if settings.backup_time is not None:
         hour, minute = settings.backup_time
