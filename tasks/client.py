@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from config import get_settings
 from config.celery import TASK_QUEUES
@@ -36,12 +36,16 @@ def enqueue(
     app_id: str | None = None,
     queue: str | None = None,
     engine: Engine | None = None,
+    claim: Callable[[Connection, str], None] | None = None,
 ) -> str:
-    """Record the task (`queued`), then send its message; the row's id is the Celery task id."""
+    """Record the task (`queued`), then send its message; the row's id is the Celery task id.
+
+    `claim`: what the request takes in the same transaction as the row (`records.create`).
+    """
     engine = engine or get_engine()
     args = dict(args or {})
     queue = queue or queue_for(kind)
-    task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id)
+    task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id, claim=claim)
     try:
         app.send_task(task_name(kind), kwargs=args, task_id=task_id, queue=queue)
     except (KombuOperationalError, OSError) as err:
