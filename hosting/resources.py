@@ -88,14 +88,14 @@ def check_limits(
     if not MIN_CPU_SHARES <= shares <= MAX_CPU_SHARES:
         problems.append(f"cpuShares {shares} is outside {MIN_CPU_SHARES}-{MAX_CPU_SHARES} (a relative weight)")
     if not 1 <= quota <= max_quota:
-        cpus = f"the Docker host has {host.ncpu} CPUs" if host is not None else f"boxtasks allows at most {MAX_CPUS}"
+        cpus = f"this host has {host.ncpu} CPUs" if host is not None else f"boxtasks allows at most {MAX_CPUS}"
         problems.append(f"cpuQuota {quota} is outside 1-{max_quota} (percent of one CPU; {cpus})")
     floor = max(MIN_MEMORY, manifest.memory_limit)
     if memory < floor:
         why = "the app's manifest asks for at least that" if floor > MIN_MEMORY else "the smallest sane limit"
         problems.append(f"memoryLimit {memory} bytes is below {floor} bytes ({floor // MIB} MiB, {why})")
     elif host is not None and memory > host.memory:
-        problems.append(f"memoryLimit {memory} bytes is more than the Docker host has ({host.memory} bytes)")
+        problems.append(f"memoryLimit {memory} bytes is more than the host has ({host.memory} bytes)")
     elif host is None and memory > MAX_MEMORY:
         problems.append(f"memoryLimit {memory} bytes is more than boxtasks allows ({MAX_MEMORY} bytes)")
     if problems:
