@@ -230,6 +230,9 @@ def test_a_cancelled_install_gives_back_its_claim(stack: Stack) -> None:
     started = stack.api.post("/api/v1/apps/install", stack.write, json=_install("nine", ports={"SSH_PORT": 4446}))
     assert started.status_code == 202, started.text
     body = started.json()
+    with stack.engine.connect() as conn:
+        claim = conn.execute(select(App.installation_state).where(App.location == "nine")).scalar()
+    assert claim == "pending_install"  # claimed with the task's row
     stopped = stack.api.post(f"/api/v1/tasks/{body['task_id']}/stop", stack.write)
     assert stopped.json()["state"] == "cancelled", stopped.text
     with stack.engine.connect() as conn:
