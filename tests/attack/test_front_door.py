@@ -23,9 +23,12 @@ from sqlalchemy import Engine, create_engine, insert, select
 from api import tokens
 from models import App, Backup, PortBinding, PortReservation, Task
 from tests.apiserver import ApiServer, running_api
+from tests.appkit import Kit, kit
 from tests.cli_run import Result, boxtasks
 from tests.e2e.harness import Env
 from tests.services import fresh_database
+
+__all__ = ["kit"]  # the fixture, for the tests of the task's side
 
 MANIFEST: dict[str, Any] = {
     "id": "io.example.app",
@@ -370,3 +373,59 @@ def test_a_manifest_file_that_is_not_utf8_json_is_one_line(stack: Stack, tmp_pat
     deep.write_text("[" * 100_000 + "]" * 100_000)
     for path, words in ((latin, "not UTF-8"), (deep, "deeper than")):
         _cli_refused(stack, "app", "install", "--manifest", str(path), "--location", "file", words=words, code=2)
+
+
+# ---------------------------------------------------------------------------- the task takes over the claim
+
+
+def _claim_as_the_front_door(kit: Kit, app_id: str, options: dict[str, Any]) -> str:
+    """What `api.actions.install` writes (task row, app row, ports in one transaction), without the broker."""
+    from hosting import claims, ports
+    from hosting.manifest import parse_manifest
+    from tasks import records
+
+    doc = parse_manifest(options["manifest"])
+    bindings = ports.check_ports(doc, options.get("ports", {}))
+    values = {"app_store_id": doc.id, "manifest": options["manifest"], "version": doc.version}
+    values["location"] = options["location"]
+
+    def claim(conn: Any, task_id: str) -> None:
+        claims.claim_new_app(conn, app_id, "install", values, bindings, task_id=task_id)
+
+    args = {"app_id": app_id, "operation": "install", "options": options}
+    return records.create(kit.engine, kind="apptask", queue="apptask", args=args, app_id=app_id, claim=claim)
+
+
+def test_the_install_task_takes_over_the_front_doors_claim(kit: Kit) -> None:
+    from hosting import apps
+    from tests.appkit import free_port, new_app_id
+    from tests.appkit import manifest as app_manifest
+
+    app_id, port = new_app_id(), free_port()
+    options = {"manifest": app_manifest(kit.dockerd.image), "location": app_id, "ports": {"SSH_PORT": port}}
+    _claim_as_the_front_door(kit, app_id, options)
+    assert kit.app(app_id).installation_state == "pending_install"
+    result = kit.run(apps.install, app_id, **options)
+    assert result["installationState"] == "installed" and result["ports"] == {"SSH_PORT": port}
+    kit.run(apps.uninstall, app_id)
+    assert set(kit.leftovers(app_id).values()) == {0}
+
+
+def test_a_task_that_refuses_gives_the_claim_back(kit: Kit) -> None:
+    """The Docker host's memory is known only to the task: past it, the task refuses and frees the claim."""
+    from hosting import ResourceError, apps
+    from tests.appkit import free_port, new_app_id
+    from tests.appkit import manifest as app_manifest
+
+    app_id, port = new_app_id(), free_port()
+    options = {
+        "manifest": app_manifest(kit.dockerd.image),
+        "location": app_id,
+        "ports": {"SSH_PORT": port},
+        "memoryLimit": 1 << 49,
+    }
+    _claim_as_the_front_door(kit, app_id, options)
+    assert kit.leftovers(app_id)["reservations"] == 1
+    with pytest.raises(ResourceError, match="more than the host has"):
+        kit.run(apps.install, app_id, **options)
+    assert set(kit.leftovers(app_id).values()) == {0}
