@@ -245,6 +245,24 @@ def test_a_cancelled_install_gives_back_its_claim(stack: Stack) -> None:
     assert again.status_code == 202, again.text
 
 
+def test_configure_claims_its_new_ports_and_a_cancel_gives_them_back(stack: Stack) -> None:
+    started = stack.api.post("/api/v1/apps/a1/configure", stack.write, json={"ports": {"SSH_PORT": 4550}})
+    assert started.status_code == 202, started.text
+
+    def held() -> list[tuple[int, str]]:
+        with stack.engine.connect() as conn:
+            rows = conn.execute(
+                select(PortReservation.port, PortReservation.app_id).where(PortReservation.app_id == "a1")
+            )
+            return sorted((r.port, r.app_id) for r in rows)
+
+    assert held() == [(2222, "a1"), (4550, "a1")]  # the old binding stays until the task rebinds
+    _refused(stack, "/api/v1/apps/a2/configure", {"ports": {"SSH_PORT": 4550}}, 409, "already used by app a1")
+    stopped = stack.api.post(f"/api/v1/tasks/{started.json()['task_id']}/stop", stack.write)
+    assert stopped.json()["state"] == "cancelled", stopped.text
+    assert held() == [(2222, "a1")]
+
+
 # ---------------------------------------------------------------------------- item 5: bad input never becomes a task
 
 
