@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import uuid
-from collections.abc import Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import OperationalError
 
 from api.errors import (
     BadRequestError,
@@ -26,7 +28,7 @@ from api.errors import (
     NotAvailableError,
     StateError,
 )
-from models import FINAL_STATES, App, Backup, PortReservation, Task
+from models import FINAL_STATES, App, Archive, Backup, Task
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,11 @@ PLATFORM_KINDS: Mapping[str, tuple[str, ...]] = {
     "platformstart": ("hosting.platform_start",),
 }
 _ACTIVE = ("queued", "waiting", "running")
-#: Upper bounds the front door cannot know (they are the Docker host's): checked by the task.
-_NO_HOST_LIMIT = (1 << 20, 1 << 62)
+_RELEASE_URL = re.compile(r"(?:https?|file)://[!-~]{1,2040}")
+#: Task arguments nest no deeper than this (MariaDB refuses JSON past 32 levels).
+MAX_ARGS_DEPTH = 24
+#: Attempts at recording a task whose transaction lost a race in the database (deadlock, busy).
+_BUSY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +114,22 @@ def _importable(module: str) -> bool:
 # ---------------------------------------------------------------------------- app operations
 
 
-def install(engine: Engine, options: Mapping[str, Any], *, app_id: str | None = None) -> Started:
-    """Check an install request (the seed's names: manifest, location, ports, cpuShares, ...) and start it."""
-    from hosting import InputError, ports
+def install(
+    engine: Engine, options: Mapping[str, Any], *, app_id: str | None = None, retry_of: str | None = None
+) -> Started:
+    """Check an install request (the seed's names: manifest, location, ports, cpuShares, ...) and start it.
+
+    The app's row (its location) and its host ports are claimed in the transaction that records
+    the task (`hosting.claims`): of two requests for one location or port, one gets its task and
+    the other a 409 naming the holder, with nothing of it left behind.
+    """
+    from hosting import ports
     from hosting.manifest import parse_manifest
     from hosting.options import InstallOptions, check_app_id, check_env, check_location, parse
 
     require_operation("install")
     app_id = app_id or str(uuid.uuid4())
-    try:
+    with _input_errors():
         check_app_id(app_id)
         opts = parse(InstallOptions, "install", options)
         manifest = parse_manifest(opts.manifest)
@@ -125,43 +137,57 @@ def install(engine: Engine, options: Mapping[str, Any], *, app_id: str | None = 
         bindings = ports.check_ports(manifest, opts.ports)
         check_env(opts.env, manifest)
         _check_limits(manifest, opts.cpu_shares, opts.cpu_quota, opts.memory_limit)
-    except InputError as err:
-        raise BadRequestError(str(err)) from err
-    with engine.connect() as conn:
-        existing = conn.execute(select(App.id).where(App.id == app_id)).first()
-        if existing is not None:
-            _check_state(conn, app_id, "install")
-        taken = conn.execute(select(App.id).where(App.location == opts.location, App.id != app_id)).first()
-        if taken is not None:
-            raise StateError(f"location {opts.location!r} is taken by app {taken.id}; choose another location")
-        _check_ports_free(conn, app_id, [(b.type, p, b.env_var) for b in bindings for p in b.host_ports])
-    return _enqueue_app(engine, app_id, "install", opts.model_dump(by_alias=True, exclude_unset=True))
+    values = {
+        "app_store_id": opts.app_store_id or manifest.id,
+        "manifest": dict(opts.manifest),
+        "version": manifest.version,
+        "location": opts.location,
+    }
+    return _enqueue_app(
+        engine,
+        app_id,
+        "install",
+        opts.model_dump(by_alias=True, exclude_unset=True),
+        claim=_new_app_claim(app_id, "install", values, bindings),
+        retry_of=retry_of,
+    )
 
 
-def configure(engine: Engine, app_id: str, options: Mapping[str, Any]) -> Started:
-    from hosting import InputError, ports
+def configure(engine: Engine, app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> Started:
+    """Check a configure request; new host ports are claimed with the task's row, as install does."""
+    from hosting import ports
     from hosting.manifest import parse_manifest
     from hosting.options import ConfigureOptions, check_env, parse
 
     require_operation("configure")
-    try:
+    with _input_errors():
         opts = parse(ConfigureOptions, "configure", options)
-    except InputError as err:
-        raise BadRequestError(str(err)) from err
+    bindings: list[Any] | None = None
     with engine.connect() as conn:
         row = _precheck(conn, app_id, "configure")
-        if row is not None:
-            try:
-                manifest = parse_manifest(row.manifest)
-                if opts.ports is not None:
-                    bindings = ports.check_ports(manifest, opts.ports)
-                    _check_ports_free(conn, app_id, [(b.type, p, b.env_var) for b in bindings for p in b.host_ports])
-                if opts.env is not None:
-                    check_env(opts.env, manifest)
-                _check_limits(manifest, opts.cpu_shares, opts.cpu_quota, opts.memory_limit)
-            except InputError as err:
-                raise BadRequestError(str(err)) from err
-    return _enqueue_app(engine, app_id, "configure", opts.model_dump(by_alias=True, exclude_unset=True))
+    if row is not None:
+        with _input_errors():
+            manifest = parse_manifest(row.manifest)
+            if opts.ports is not None:
+                bindings = ports.check_ports(manifest, opts.ports)
+            if opts.env is not None:
+                check_env(opts.env, manifest)
+            _check_limits(manifest, opts.cpu_shares, opts.cpu_quota, opts.memory_limit)
+    claim = None
+    if bindings is not None:
+        wanted = bindings
+
+        def claim(conn: Connection, task_id: str) -> None:
+            ports.claim_more(conn, app_id, wanted)
+
+    return _enqueue_app(
+        engine,
+        app_id,
+        "configure",
+        opts.model_dump(by_alias=True, exclude_unset=True),
+        claim=claim,
+        retry_of=retry_of,
+    )
 
 
 def app_operation(
@@ -171,53 +197,181 @@ def app_operation(
     options: Mapping[str, Any] | None = None,
     *,
     precheck: bool = True,
+    retry_of: str | None = None,
 ) -> Started:
     """Any other app operation (start, stop, restart, repair, uninstall, update, backup, restore, clone).
 
-    `precheck=False` skips the app's state check (restoring an archive: the app is gone by design).
+    The options are checked with the model the task checks them with, so a bad option is refused
+    here, not by the task. `precheck=False` skips the app's state check (restoring an archive:
+    the app is gone by design).
     """
     if operation not in APP_OPERATIONS or operation in {"install", "configure"}:
         raise BadRequestError(f"unknown app operation {operation!r}; use one of {', '.join(APP_OPERATIONS)}")
+    if operation == "clone":
+        return clone(engine, app_id, options or {}, retry_of=retry_of)
     require_operation(operation)
-    if precheck:
-        with engine.connect() as conn:
-            _precheck(conn, app_id, operation)
-    return _enqueue_app(engine, app_id, operation, dict(options or {}))
+    opts = _parse_options(operation, options or {})
+    row = None
+    with engine.connect() as conn:
+        if precheck:
+            row = _precheck(conn, app_id, operation)
+        if operation == "restore":
+            _check_restore(conn, app_id, opts, app_exists=row is not None or not precheck)
+    if operation == "update" and row is not None:
+        _check_update(app_id, row, opts)
+    return _enqueue_app(engine, app_id, operation, dict(options or {}), retry_of=retry_of)
 
 
-def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any]) -> Started:
+def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> Started:
     """A new app from a backup of `source_app_id`: the task runs under the NEW app's lock.
 
     The source app needs no lock (a backup does not change), so cloning never waits for it; the
-    backup must exist, be usable and belong to the source app.
+    backup must exist, be usable and belong to the source app. The new app's location and ports
+    are checked against the backup's manifest and claimed with the task's row, as install does.
     """
-    from hosting.options import check_app_id
+    from hosting import ports
+    from hosting.manifest import parse_manifest
+    from hosting.options import CloneOptions, check_app_id, check_env, check_location, parse
 
     require_operation("clone")
     opts = dict(options)
     new_id = str(opts.pop("appId", None) or uuid.uuid4())
-    try:
+    with _input_errors():
         check_app_id(new_id)
         check_app_id(source_app_id)
-    except ValueError as err:
-        raise BadRequestError(str(err)) from err
-    backup_id = opts.get("backupId")
+        parsed = parse(CloneOptions, "clone", opts)
+        check_location(parsed.location)
     with engine.connect() as conn:
-        row = conn.execute(select(Backup.app_id, Backup.state).where(Backup.id == backup_id)).first()
-        if row is None or row.app_id != source_app_id:
-            raise MissingError(
-                f"no backup {backup_id!r} of app {source_app_id!r}: `boxtasks backup list` shows the backups"
-            )
-        if row.state != "normal":
-            raise StateError(f"backup {backup_id!r} is {row.state}, not usable: choose a backup in state normal")
-        if conn.execute(select(App.id).where(App.id == new_id)).first() is not None:
-            raise StateError(f"an app with id {new_id!r} exists already: choose another new app id")
-    return _enqueue_app(engine, new_id, "clone", opts)
+        if parsed.archive_id:
+            found = conn.execute(select(Archive.backup_id).where(Archive.id == parsed.archive_id)).first()
+            if found is None:
+                raise MissingError(f"no archive {parsed.archive_id!r}: GET /api/v1/archives lists them")
+            backup_id = str(found.backup_id)
+        else:
+            backup_id = str(parsed.backup_id)
+        row = _usable_backup(conn, backup_id, of_app=None if parsed.archive_id else source_app_id)
+        config = dict(row.app_config or {})
+        if parsed.archive_id:
+            archived = conn.execute(select(Archive.app_config).where(Archive.id == parsed.archive_id)).scalar()
+            config = dict(archived or {}) or config
+    if not config.get("manifest"):
+        raise StateError(
+            f"backup {backup_id!r} holds no app config (made by an older version): it cannot make a new app"
+        )
+    with _input_errors():
+        manifest = parse_manifest(config["manifest"])
+        bindings = ports.check_ports(manifest, parsed.ports)
+        check_env(dict(config.get("env") or {}), manifest)
+    values = {
+        "app_store_id": str(config.get("appStoreId") or manifest.id),
+        "manifest": dict(config["manifest"]),
+        "version": manifest.version,
+        "location": parsed.location,
+    }
+    claim = _new_app_claim(new_id, "clone", values, bindings)
+    return _enqueue_app(engine, new_id, "clone", opts, claim=claim, retry_of=retry_of)
 
 
-def _enqueue_app(engine: Engine, app_id: str, operation: str, options: dict[str, Any]) -> Started:
+Claim = Callable[[Connection, str], None]
+
+
+def _new_app_claim(app_id: str, operation: str, values: dict[str, Any], bindings: list[Any]) -> Claim:
+    def claim(conn: Connection, task_id: str) -> None:
+        from hosting import claims
+
+        claims.claim_new_app(conn, app_id, operation, values, bindings, task_id=task_id)
+
+    return claim
+
+
+def _enqueue_app(
+    engine: Engine,
+    app_id: str,
+    operation: str,
+    options: dict[str, Any],
+    *,
+    claim: Claim | None = None,
+    retry_of: str | None = None,
+) -> Started:
     args = {"app_id": app_id, "operation": operation, "options": options}
-    return Started(_enqueue(engine, "apptask", args, app_id=app_id), app_id)
+    try:
+        return Started(_enqueue(engine, "apptask", args, app_id=app_id, claim=claim, retry_of=retry_of), app_id)
+    except BrokerDownError:
+        if claim is not None:
+            release_claim(engine, app_id, operation)
+        raise
+
+
+def release_claim(engine: Engine, app_id: str, operation: str) -> None:
+    """Give back what the front door claimed for a task that will never begin (see `hosting.claims`)."""
+    from hosting import claims, ports
+
+    with engine.begin() as conn:
+        if operation == "configure":
+            ports.drop_unbound(conn, app_id)
+        else:
+            claims.release_unstarted(conn, app_id, operation)
+
+
+def _parse_options(operation: str, options: Mapping[str, Any]) -> Any:
+    from hosting import options as o
+
+    models: dict[str, type[Any]] = {
+        "update": o.UpdateOptions,
+        "restore": o.RestoreOptions,
+        "uninstall": o.UninstallOptions,
+    }
+    with _input_errors():
+        return o.parse(models.get(operation, o.NoOptions), operation, options)
+
+
+def _usable_backup(conn: Connection, backup_id: str, *, of_app: str | None) -> Any:
+    """The backup row, if it exists, is an app backup (of `of_app`, when given) and is usable."""
+    row = conn.execute(
+        select(Backup.id, Backup.app_id, Backup.type, Backup.state, Backup.app_config).where(Backup.id == backup_id)
+    ).first()
+    if row is None or row.type != "app" or (of_app is not None and row.app_id != of_app):
+        whose = f" of app {of_app!r}" if of_app is not None else ""
+        raise MissingError(f"no app backup {backup_id!r}{whose}: `boxtasks backup list` shows the backups")
+    if row.state != "normal":
+        raise StateError(f"backup {backup_id!r} is {row.state}, not usable: choose a backup in state normal")
+    return row
+
+
+def _check_restore(conn: Connection, app_id: str, opts: Any, *, app_exists: bool) -> None:
+    if opts.archive_id:
+        found = conn.execute(select(Archive.app_id, Archive.backup_id).where(Archive.id == opts.archive_id)).first()
+        if found is None or found.app_id != app_id:
+            raise MissingError(f"no archive {opts.archive_id!r} of app {app_id!r}: GET /api/v1/archives lists them")
+        if conn.execute(select(App.id).where(App.id == app_id)).first() is not None:
+            raise StateError(f"app {app_id} exists: restore it from one of its backups (backupId), not an archive")
+        _usable_backup(conn, opts.backup_id or found.backup_id, of_app=None)
+        return
+    if not app_exists:
+        return  # a task of the app is active: the app's row is its to change; the task checks again
+    _usable_backup(conn, str(opts.backup_id), of_app=app_id)
+
+
+def _check_update(app_id: str, row: Any, opts: Any) -> None:
+    """The new manifest: valid, of the same app, still declaring every port the app has bound."""
+    from hosting.manifest import parse_manifest
+
+    with _input_errors():
+        new = parse_manifest(opts.manifest)
+        old = parse_manifest(row.manifest)
+    if new.id != old.id:
+        raise BadRequestError(f"the new manifest is of {new.id}, but app {app_id} is {old.id}: install it instead")
+
+
+@contextmanager
+def _input_errors() -> Iterator[None]:
+    """hosting's InputError (a bad manifest, port, option, resource) as the front doors' 422."""
+    from hosting import InputError
+
+    try:
+        yield
+    except InputError as err:
+        raise BadRequestError(str(err)) from err
 
 
 def _precheck(conn: Connection, app_id: str, operation: str) -> Any:
@@ -228,10 +382,8 @@ def _precheck(conn: Connection, app_id: str, operation: str) -> Any:
     """
     from hosting.options import check_app_id
 
-    try:
+    with _input_errors():
         check_app_id(app_id)
-    except ValueError as err:
-        raise BadRequestError(str(err)) from err
     row = conn.execute(select(App.__table__).where(App.id == app_id)).first()
     busy = conn.execute(
         select(Task.id).where(Task.app_id == app_id, Task.state.in_(_ACTIVE), Task.type == "apptask").limit(1)
@@ -256,58 +408,68 @@ def _check_state(conn: Connection, app_id: str, operation: str) -> None:
     raise StateError(str(refusal))
 
 
-def _check_ports_free(conn: Connection, app_id: str, wanted: list[tuple[str, int, str]]) -> None:
-    if not wanted:
-        return
-    taken = []
-    for proto, port, env_var in wanted:
-        holder = conn.execute(
-            select(PortReservation.app_id).where(
-                PortReservation.type == proto, PortReservation.port == port, PortReservation.app_id != app_id
-            )
-        ).first()
-        if holder is not None:
-            taken.append(f"{env_var}: {port}/{proto} is held by app {holder.app_id}")
-    if taken:
-        raise StateError("ports taken: " + "; ".join(taken) + "; choose other host ports")
-
-
 def _check_limits(manifest: Any, cpu_shares: int | None, cpu_quota: int | None, memory_limit: int | None) -> None:
-    """The bounds that do not depend on the Docker host (its CPUs and memory are the task's to check)."""
-    from hosting.resources import HostCapacity, check_limits
+    """The one resource check (`hosting.resources.check_limits`), with the bounds known without the Docker host.
 
-    check_limits(
-        manifest,
-        HostCapacity(ncpu=_NO_HOST_LIMIT[0], memory=_NO_HOST_LIMIT[1]),
-        cpu_shares=cpu_shares,
-        cpu_quota=cpu_quota,
-        memory_limit=memory_limit,
-    )
+    The Docker host's CPUs and memory are the task's to check: here the upper bounds are the most
+    boxtasks accepts at all, and the message says so rather than naming host figures.
+    """
+    from hosting.resources import check_limits
+
+    check_limits(manifest, None, cpu_shares=cpu_shares, cpu_quota=cpu_quota, memory_limit=memory_limit)
 
 
 # ---------------------------------------------------------------------------- platform tasks
 
 
-def platform_task(engine: Engine, kind: str, args: Mapping[str, Any] | None = None) -> Started:
-    """Start a platform task; one of its kind already queued, waiting or running answers DuplicateError (409)."""
+def platform_task(
+    engine: Engine, kind: str, args: Mapping[str, Any] | None = None, *, retry_of: str | None = None
+) -> Started:
+    """Start a platform task; one of its kind already queued, waiting or running answers 409 with its id."""
     from tasks.errors import DuplicateTaskError
 
     if kind not in PLATFORM_KINDS:
         raise BadRequestError(f"unknown platform task {kind!r}; use one of {', '.join(PLATFORM_KINDS)}")
     require_platform(kind)
+    args = dict(args or {})
+    _check_platform_args(engine, kind, args)
     try:
-        return Started(_enqueue(engine, kind, dict(args or {}), app_id=None), None)
+        return Started(_enqueue(engine, kind, args, app_id=None, retry_of=retry_of), None)
     except DuplicateTaskError as err:
         raise DuplicateError(str(err), task_id=err.task_id) from err
+
+
+def _check_platform_args(engine: Engine, kind: str, args: dict[str, Any]) -> None:
+    """What the platform task would refuse, refused before it exists: unknown keys, bad or unknown app ids."""
+    from hosting.options import check_app_id
+
+    known = {"fullbackup": {"app_ids"}, "update": {"release_url"}, "platformstart": set()}[kind]
+    unknown = sorted(set(args) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise BadRequestError(f"unknown option(s) {', '.join(unknown)} for {kind} (allowed: {allowed})")
+    if kind == "fullbackup" and args.get("app_ids") is not None:
+        app_ids = args["app_ids"]
+        if not isinstance(app_ids, list) or not app_ids:
+            raise BadRequestError("appIds must be a non-empty list of app ids (leave it out to back up every app)")
+        with _input_errors():
+            for app_id in app_ids:
+                check_app_id(app_id)
+        with engine.connect() as conn:
+            found = set(conn.execute(select(App.id).where(App.id.in_(app_ids))).scalars())
+        missing = [a for a in app_ids if a not in found]
+        if missing:
+            raise MissingError(f"no app(s) {', '.join(map(repr, missing))}: `boxtasks app list` shows the apps")
+    if kind == "update" and args.get("release_url") is not None:
+        url = args["release_url"]
+        if not isinstance(url, str) or not _RELEASE_URL.fullmatch(url):
+            raise BadRequestError(f"releaseUrl {url!r} is not a file://, http:// or https:// URL")
 
 
 # ---------------------------------------------------------------------------- retrying
 
 #: States a task may be retried from.
 RETRYABLE = frozenset({"failed", "interrupted", "cancelled"})
-#: The task being retried, while `retry` passes the request through the front door again: `_enqueue`
-#: records it on the new row. Set only inside `retry`, so the front-door functions keep their signatures.
-_retry_of: ContextVar[str | None] = ContextVar("retry_of", default=None)
 
 
 def retry(engine: Engine, task_id: str) -> Started:
@@ -329,33 +491,29 @@ def retry(engine: Engine, task_id: str) -> Started:
         ).scalar_one_or_none()
     if again is not None:
         raise DuplicateError(f"task {task_id} is being retried already: task {again}; follow it", task_id=again)
-    token = _retry_of.set(task_id)
-    try:
-        return _start_again(engine, str(row.type), dict(row.args or {}))
-    finally:
-        _retry_of.reset(token)
+    return _start_again(engine, str(row.type), dict(row.args or {}), retry_of=task_id)
 
 
-def _start_again(engine: Engine, kind: str, args: dict[str, Any]) -> Started:
+def _start_again(engine: Engine, kind: str, args: dict[str, Any], *, retry_of: str) -> Started:
     if kind in PLATFORM_KINDS:
-        return platform_task(engine, kind, args)
+        return platform_task(engine, kind, args, retry_of=retry_of)
     if kind != "apptask":
         raise StateError(f"tasks of type {kind} are not retried: start a new one instead")
     app_id, operation = str(args.get("app_id") or ""), str(args.get("operation") or "")
     options = dict(args.get("options") or {})
     if operation == "install":
-        return install(engine, options, app_id=app_id)
+        return install(engine, options, app_id=app_id, retry_of=retry_of)
     if operation == "configure":
-        return configure(engine, app_id, options)
+        return configure(engine, app_id, options, retry_of=retry_of)
     if operation == "clone":
         with engine.connect() as conn:
             source = conn.execute(select(Backup.app_id).where(Backup.id == options.get("backupId"))).scalar()
         if source is None:
             gone = options.get("backupId")
             raise MissingError(f"the backup {gone!r} that task cloned from is gone: start a new clone")
-        return clone(engine, source, {**options, "appId": app_id})
+        return clone(engine, source, {**options, "appId": app_id}, retry_of=retry_of)
     # Restoring an archive: the app is gone by design, as when it was first asked for.
-    return app_operation(engine, app_id, operation, options, precheck="archiveId" not in options)
+    return app_operation(engine, app_id, operation, options, precheck="archiveId" not in options, retry_of=retry_of)
 
 
 # ---------------------------------------------------------------------------- stopping
@@ -380,18 +538,68 @@ def stop(engine: Engine, task_id: str, *, wait: bool = True) -> str:
     if state in {s.value for s in FINAL_STATES}:
         return state
     try:
-        return client.stop(task_id, engine=engine, wait=wait)
+        final = client.stop(task_id, engine=engine, wait=wait)
     except TaskNotFoundError as err:
         raise MissingError(str(err)) from err
+    if state in {"queued", "waiting"} and final == "cancelled":
+        _release_after_cancel(engine, task_id)
+    return final
 
 
-def _enqueue(engine: Engine, kind: str, args: dict[str, Any], *, app_id: str | None) -> str:
+def _release_after_cancel(engine: Engine, task_id: str) -> None:
+    """A task stopped before it ran gives back what its front door claimed (a new app's row and ports)."""
+    from tasks import records
+
+    row = records.get(engine, task_id)
+    args = row.args if row is not None and isinstance(row.args, dict) else {}
+    if row is not None and row.type == "apptask" and row.app_id and args.get("operation"):
+        release_claim(engine, str(row.app_id), str(args["operation"]))
+
+
+def _enqueue(
+    engine: Engine,
+    kind: str,
+    args: dict[str, Any],
+    *,
+    app_id: str | None,
+    claim: Claim | None = None,
+    retry_of: str | None = None,
+) -> str:
+    """Record and send the task; what the claim refuses (a taken location or port) is a 409, and no task."""
+    from hosting.errors import ConflictError, InputError, NotFoundError
+    from hosting.manifest import json_depth
     from tasks import client
     from tasks.errors import BrokerUnavailableError
 
-    try:
-        task_id = client.enqueue(kind, args, app_id=app_id, engine=engine, retry_of=_retry_of.get())
-    except BrokerUnavailableError as err:
-        raise BrokerDownError(f"{err}; start the broker and ask again") from err
+    if json_depth(args) > MAX_ARGS_DEPTH:
+        raise BadRequestError(f"the request nests deeper than {MAX_ARGS_DEPTH - 3} levels: flatten it")
+    for attempt in range(1, _BUSY_ATTEMPTS + 1):
+        try:
+            task_id = client.enqueue(kind, args, app_id=app_id, engine=engine, claim=claim, retry_of=retry_of)
+            break
+        except BrokerUnavailableError as err:
+            raise BrokerDownError(f"{err}; start the broker and ask again") from err
+        except NotFoundError as err:
+            raise MissingError(str(err)) from err
+        except ConflictError as err:
+            raise StateError(str(err)) from err
+        except InputError as err:
+            raise BadRequestError(str(err)) from err
+        except OperationalError as err:
+            if claim is None or attempt == _BUSY_ATTEMPTS or not _lost_a_race(err):
+                raise
+            logger.info("recording %s for app %s lost a race in the database; trying again", kind, app_id)
     logger.info("enqueued %s %s (app %s)", kind, task_id, app_id)
     return task_id
+
+
+#: Deadlock and lock-wait errors: MySQL/MariaDB codes, PostgreSQL SQLSTATEs (SQLite: "database is locked").
+_RACE_MYSQL = {1205, 1213}
+_RACE_SQLSTATE = {"40001", "40P01", "55P03"}
+
+
+def _lost_a_race(err: OperationalError) -> bool:
+    """Whether the database rolled the transaction back for a race (nothing was committed: ask again)."""
+    orig = err.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    return code in _RACE_MYSQL or getattr(orig, "sqlstate", None) in _RACE_SQLSTATE or "database is locked" in str(orig)

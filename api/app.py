@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import auth, metrics
 from api.errors import FrontError
+from api.limits import BodyLimit
 from api.routes import ROUTERS
 from config import Settings, get_settings
 from lockman import LockError, LockManager
@@ -28,7 +29,14 @@ from models import get_engine
 logger = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=PREFIX)
     _add_metrics(app, settings, lock_manager)
     _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     return app
 
 

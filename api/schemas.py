@@ -9,40 +9,48 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel
 
+# Pydantic checks these with its Rust regex engine, where `$` is the end of the text (under
+# Python's `re`, `$` also matches before a final newline: there, use `fullmatch`).
 APP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: Backup and archive ids are usable in routes: no "/" (and nothing unprintable).
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"
 ENV_PORTS_DOC = "env var -> host port, for the ports the manifest declares (tcpPorts/udpPorts)"
+#: The bounds are checked by `hosting.resources.check_limits`, for the API and the CLI alike.
+CPU_SHARES_DOC = "relative CPU weight under contention, 2-262144"
+CPU_QUOTA_DOC = "hard CPU limit, percent of one CPU (100 = 1 core), at most 100 x the Docker host's CPUs"
+MEMORY_DOC = "bytes, swap included; at least 32 MiB (or the manifest's memoryLimit), at most the Docker host's memory"
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    """Strict: `true` is not a number, `"1"` is not an integer, and an unknown key is an error."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
 
 
 class InstallRequest(_Request):
     manifest: dict[str, Any] = Field(description="the app's manifest (id, version, image, httpPort, tcpPorts, ...)")
-    location: str = Field(max_length=255, description="where the app lives, like 'blog' (DNS labels)")
-    app_id: str | None = Field(default=None, pattern=APP_ID_PATTERN, description="made up when left out")
-    app_store_id: str | None = Field(default=None, max_length=255)
-    ports: dict[str, int] = Field(default_factory=dict, description=ENV_PORTS_DOC)
-    cpu_shares: int | None = Field(default=None, ge=2, le=262_144, description="relative CPU weight")
-    cpu_quota: int | None = Field(default=None, ge=1, le=100 * 1024, description="percent of one CPU (100 = 1 core)")
-    memory_limit: int | None = Field(default=None, ge=0, le=1 << 62, description="bytes, swap included")
-    env: dict[str, str] = Field(default_factory=dict, description="extra env vars for the app")
+    location: StrictStr = Field(max_length=255, description="where the app lives, like 'blog' (DNS labels)")
+    app_id: StrictStr | None = Field(default=None, pattern=APP_ID_PATTERN, description="made up when left out")
+    app_store_id: StrictStr | None = Field(default=None, max_length=255)
+    ports: dict[str, StrictInt] = Field(default_factory=dict, description=ENV_PORTS_DOC)
+    cpu_shares: StrictInt | None = Field(default=None, description=CPU_SHARES_DOC)
+    cpu_quota: StrictInt | None = Field(default=None, description=CPU_QUOTA_DOC)
+    memory_limit: StrictInt | None = Field(default=None, description=MEMORY_DOC)
+    env: dict[str, StrictStr] = Field(default_factory=dict, description="extra env vars for the app")
 
 
 class ConfigureRequest(_Request):
     """Fields left out stay as they are; at least one must be given."""
 
-    ports: dict[str, int] | None = Field(default=None, description=ENV_PORTS_DOC)
-    cpu_shares: int | None = Field(default=None, ge=2, le=262_144)
-    cpu_quota: int | None = Field(default=None, ge=1, le=100 * 1024)
-    memory_limit: int | None = Field(default=None, ge=0, le=1 << 62)
-    env: dict[str, str] | None = None
+    ports: dict[str, StrictInt] | None = Field(default=None, description=ENV_PORTS_DOC)
+    cpu_shares: StrictInt | None = Field(default=None, description=CPU_SHARES_DOC)
+    cpu_quota: StrictInt | None = Field(default=None, description=CPU_QUOTA_DOC)
+    memory_limit: StrictInt | None = Field(default=None, description=MEMORY_DOC)
+    env: dict[str, StrictStr] | None = None
 
 
 class UpdateRequest(_Request):
@@ -50,14 +58,14 @@ class UpdateRequest(_Request):
 
 
 class RestoreRequest(_Request):
-    backup_id: str = Field(pattern=ITEM_ID_PATTERN)
+    backup_id: StrictStr = Field(pattern=ITEM_ID_PATTERN)
 
 
 class CloneRequest(_Request):
-    backup_id: str = Field(pattern=ITEM_ID_PATTERN)
-    location: str = Field(max_length=255)
-    app_id: str | None = Field(default=None, pattern=APP_ID_PATTERN, description="id of the new app")
-    ports: dict[str, int] = Field(default_factory=dict, description=ENV_PORTS_DOC)
+    backup_id: StrictStr = Field(pattern=ITEM_ID_PATTERN)
+    location: StrictStr = Field(max_length=255)
+    app_id: StrictStr | None = Field(default=None, pattern=APP_ID_PATTERN, description="id of the new app")
+    ports: dict[str, StrictInt] = Field(default_factory=dict, description=ENV_PORTS_DOC)
 
 
 class NoOptions(_Request):
@@ -65,11 +73,13 @@ class NoOptions(_Request):
 
 
 class PlatformUpdateRequest(_Request):
-    release_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    release_url: StrictStr | None = Field(default=None, max_length=2048, pattern=r"^https?://[!-~]+$")
 
 
 class FullBackupRequest(_Request):
-    app_ids: list[str] | None = Field(default=None, max_length=1000, description="default: every app")
+    app_ids: list[StrictStr] | None = Field(
+        default=None, min_length=1, max_length=1000, description="app ids; default: every app"
+    )
 
 
 # ---------------------------------------------------------------------------- responses

@@ -10,10 +10,12 @@ from typing import Any
 
 from api import actions, queries
 from api.actions import Started
-from cli.errors import CliError
+from cli.errors import CliError, UsageError
 from cli.output import print_json, print_table
 from models import get_engine
 
+#: A manifest is a few KiB; the API refuses bodies over 1 MiB by default.
+MAX_MANIFEST_BYTES = 1 << 20
 _SIMPLE = {
     "start": "start the app's container",
     "stop": "stop the app's container (it stays stopped until started)",
@@ -151,7 +153,8 @@ def restore_app(args: argparse.Namespace) -> int:
 
 
 def clone_app(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = {"backupId": args.backup, "location": args.location, "ports": _pairs(args.port, "--port")}
+    ports = {k: _int(v, f"--port {k}") for k, v in _pairs(args.port, "--port").items()}
+    options: dict[str, Any] = {"backupId": args.backup, "location": args.location, "ports": ports}
     if args.new_app_id:
         options["appId"] = args.new_app_id
     return started(args, "clone", actions.clone(get_engine(), args.app_id, options))
@@ -170,15 +173,49 @@ def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _manifest(path: Path) -> dict[str, Any]:
+    """The manifest file as a JSON object; any problem with the file is one line and exit 2."""
+    from hosting.manifest import MAX_DEPTH
+
     try:
-        document = json.loads(path.read_text())
+        raw = path.read_bytes()
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise UsageError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES} bytes")
+        text = raw.decode("utf-8")
+        # Depth first: the decoder would recurse once per level (RecursionError past ~1000).
+        if _bracket_depth(text) > MAX_DEPTH:
+            raise UsageError(f"manifest {path} nests deeper than {MAX_DEPTH} levels: flatten it")
+        document = json.loads(text)
     except OSError as err:
-        raise CliError(f"cannot read manifest {path}: {err.strerror or err}") from err
+        raise UsageError(f"cannot read manifest {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise UsageError(f"manifest {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from err
     except json.JSONDecodeError as err:
-        raise CliError(f"manifest {path} is not JSON: {err}") from err
+        raise UsageError(f"manifest {path} is not JSON: {err}") from err
     if not isinstance(document, dict):
-        raise CliError(f"manifest {path} must be a JSON object")
+        raise UsageError(f"manifest {path} must be a JSON object")
     return document
+
+
+def _bracket_depth(text: str) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except (CliError, ConfigError, FrontError, LockError, ModelError) as err:
         sys.stderr.write(f"boxtasks: {err}\n")
-        return 1
+        return err.exit_code if isinstance(err, CliError) else 1
     except SQLAlchemyError as err:
         reason = str(getattr(err, "orig", None) or err).splitlines()[0]
         sys.stderr.write(f"boxtasks: database error: {reason}\n")

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     api_address: str = Field(default="127.0.0.1", min_length=1, description="address the API listens on")
     api_port: int = Field(default=3000, ge=1, le=65535, description="port the API listens on")
     metrics_public: bool = Field(default=True, description="GET /metrics without a token (else a read token)")
+    api_max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, le=1 << 30, description="larger request bodies are refused (413)"
+    )
 
     # Schedules (celery beat): the nightly full backup and the alert checks.
     backup_at: str = Field(default="02:00", description="UTC time HH:MM of the nightly full backup; empty: off")
@@ -135,7 +138,7 @@ class Settings(BaseSettings):
     @classmethod
     def _hour_minute(cls, value: str) -> str:
         value = value.strip()
-        if value and not _HH_MM.match(value):
+        if value and not _HH_MM.fullmatch(value):
             raise ValueError(
                 f"must be a UTC time HH:MM like 02:00, or empty to turn nightly backups off (got {value!r})"
             )

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from hosting import appstate, datadir, events, mail, ports
+from hosting import appstate, claims, datadir, events, mail, ports
 from hosting.appstate import InstallState, RunState
 from hosting.box import Box, resolve
 from hosting.container import AppSpec, create_kwargs
@@ -54,25 +54,27 @@ Result = dict[str, Any]
 def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
     """Install a new app (or retry a failed install of this app id) and start it."""
     box = resolve(box)
-    check_app_id(app_id)
-    opts = parse(InstallOptions, "install", options)
-    manifest = parse_manifest(opts.manifest)
-    check_location(opts.location)
-    bindings = ports.check_ports(manifest, opts.ports)
-    env = check_env(opts.env, manifest)
-    limits = check_limits(
-        manifest,
-        box.docker.capacity(),
-        cpu_shares=opts.cpu_shares,
-        cpu_quota=opts.cpu_quota,
-        memory_limit=opts.memory_limit,
-    )
+    with _refusal_gives_back(ctx, app_id, "install"):
+        check_app_id(app_id)
+        opts = parse(InstallOptions, "install", options)
+        manifest = parse_manifest(opts.manifest)
+        check_location(opts.location)
+        bindings = ports.check_ports(manifest, opts.ports)
+        env = check_env(opts.env, manifest)
+        limits = check_limits(
+            manifest,
+            box.docker.capacity(),
+            cpu_shares=opts.cpu_shares,
+            cpu_quota=opts.cpu_quota,
+            memory_limit=opts.memory_limit,
+        )
 
-    ctx.progress(5, "Reserving ports and recording the app")
-    with _busy_is_retryable("install"), ctx.fenced() as conn:
-        _claim_for_install(conn, app_id, opts, manifest, limits, env)
-        ports.reserve(conn, app_id, bindings)
-        mail.set_up(conn, app_id=app_id, location=opts.location, manifest=manifest, settings=box.settings)
+        ctx.progress(5, "Reserving ports and recording the app")
+        with _busy_is_retryable("install"), ctx.fenced() as conn:
+            # The front door claimed the row and the ports with the task's row: here they are taken over.
+            _claim_for_install(conn, app_id, opts, manifest, limits, env)
+            ports.reserve(conn, app_id, bindings)
+            mail.set_up(conn, app_id=app_id, location=opts.location, manifest=manifest, settings=box.settings)
 
     with _failures_leave_error(ctx, app_id, "install"):
         container_id = _build(ctx, box, app_id, start=True, percent=10)
@@ -97,36 +99,37 @@ def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
 def configure(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
     """Change ports, resources or env; limits alone are applied in place, the rest rebuilds the container."""
     box = resolve(box)
-    check_app_id(app_id)
-    opts = parse(ConfigureOptions, "configure", options)
-    with ctx.fenced() as conn:
-        app = _load(conn, app_id)
-    manifest = parse_manifest(app.manifest)
-    bindings = ports.check_ports(manifest, opts.ports) if opts.ports is not None else None
-    env = check_env(opts.env, manifest) if opts.env is not None else None
-    current = Limits(app.cpu_shares, app.cpu_quota, app.memory_limit)
-    limits = check_limits(
-        manifest,
-        box.docker.capacity(),
-        cpu_shares=opts.cpu_shares,
-        cpu_quota=opts.cpu_quota,
-        memory_limit=opts.memory_limit,
-        current=current,
-    )
+    with _refusal_gives_back(ctx, app_id, "configure"):
+        check_app_id(app_id)
+        opts = parse(ConfigureOptions, "configure", options)
+        with ctx.fenced() as conn:
+            app = _load(conn, app_id)
+        manifest = parse_manifest(app.manifest)
+        bindings = ports.check_ports(manifest, opts.ports) if opts.ports is not None else None
+        env = check_env(opts.env, manifest) if opts.env is not None else None
+        current = Limits(app.cpu_shares, app.cpu_quota, app.memory_limit)
+        limits = check_limits(
+            manifest,
+            box.docker.capacity(),
+            cpu_shares=opts.cpu_shares,
+            cpu_quota=opts.cpu_quota,
+            memory_limit=opts.memory_limit,
+            current=current,
+        )
 
-    ctx.progress(5, "Recording the new configuration")
-    with _busy_is_retryable("configure"), ctx.fenced() as conn:
-        appstate.begin(conn, app_id, "configure")
-        values: dict[str, Any] = {
-            "cpu_shares": limits.cpu_shares,
-            "cpu_quota": limits.cpu_quota,
-            "memory_limit": limits.memory_limit,
-        }
-        if env is not None:
-            values["env"] = env
-        conn.execute(update(App).where(App.id == app_id).values(**values))
-        if bindings is not None:
-            ports.reserve(conn, app_id, bindings)
+        ctx.progress(5, "Recording the new configuration")
+        with _busy_is_retryable("configure"), ctx.fenced() as conn:
+            appstate.begin(conn, app_id, "configure")
+            values: dict[str, Any] = {
+                "cpu_shares": limits.cpu_shares,
+                "cpu_quota": limits.cpu_quota,
+                "memory_limit": limits.memory_limit,
+            }
+            if env is not None:
+                values["env"] = env
+            conn.execute(update(App).where(App.id == app_id).values(**values))
+            if bindings is not None:
+                ports.reserve(conn, app_id, bindings)
 
     with _failures_leave_error(ctx, app_id, "configure"):
         running = app.run_state == RunState.RUNNING
@@ -360,6 +363,30 @@ def _busy_is_retryable(op: str) -> Iterator[None]:
         raise BusyError(
             f"cannot {op} now: the database was busy with a change at the same moment; issue {op} again"
         ) from err
+
+
+@contextmanager
+def _refusal_gives_back(ctx: TaskContext, app_id: str, op: str) -> Iterator[None]:
+    """A task that refuses before it begins gives back what its front door claimed (`hosting.claims`).
+
+    Refused input or a conflict found by the task's own checks (the box changed since the front
+    door), an unusable backup, an unreachable Docker host: a new app's untouched row and ports,
+    or the ports a configure had reserved, are freed. A task that lost its locks writes nothing.
+    """
+    try:
+        yield
+    except LockLostError:
+        raise
+    except Exception:
+        try:
+            with ctx.fenced() as conn:
+                if op == "configure":
+                    ports.drop_unbound(conn, app_id)
+                else:
+                    claims.release_unstarted(conn, app_id, op)
+        except Exception:
+            logger.exception("app %s: could not give back the claim of a refused %s", app_id, op)
+        raise
 
 
 @contextmanager

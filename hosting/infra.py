@@ -49,11 +49,11 @@ def parse(items: object) -> list[Service]:
             problems.append(f"infra[{i}]: expected exactly name, image and version")
             continue
         name, image, version = item.get("name"), item.get("image"), item.get("version")
-        if not isinstance(name, str) or not NAME.match(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             problems.append(f"infra[{i}].name {name!r}: lowercase letters, digits and '-'")
         elif name in names:
             problems.append(f"infra[{i}].name {name!r} appears twice")
-        if not isinstance(image, str) or not IMAGE_REF.match(image):
+        if not isinstance(image, str) or not IMAGE_REF.fullmatch(image):
             problems.append(f"infra[{i}].image {image!r} is not a Docker image reference")
         if not isinstance(version, str) or not version:
             problems.append(f"infra[{i}].version must be a non-empty string")

@@ -23,9 +23,12 @@ IMAGE_REF = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+SEMVER = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 #: How many ports one env var may bind.
 MAX_PORT_COUNT = 1000
+#: How deep a manifest may nest (objects and arrays): well under what the databases' JSON accepts
+#: (MariaDB refuses past 32 levels), and far more than any packager writes (the format needs 4).
+MAX_DEPTH = 16
 
 Protocol = Literal["tcp", "udp"]
 ADDONS = ("localstorage", "recvmail", "sendmail")
@@ -69,21 +72,21 @@ class Manifest(_Model):
     @field_validator("id")
     @classmethod
     def _reverse_domain(cls, value: str) -> str:
-        if not APP_ID.match(value):
+        if not APP_ID.fullmatch(value):
             raise ValueError("must be a reverse-domain name in lowercase, like 'io.example.app'")
         return value
 
     @field_validator("version")
     @classmethod
     def _semver(cls, value: str) -> str:
-        if not SEMVER.match(value):
+        if not SEMVER.fullmatch(value):
             raise ValueError("must be a semantic version, like '1.2.3'")
         return value
 
     @field_validator("image")
     @classmethod
     def _image_ref(cls, value: str) -> str:
-        if not IMAGE_REF.match(value):
+        if not IMAGE_REF.fullmatch(value):
             raise ValueError("must be a Docker image reference, like 'registry.example.com/app:1.2.3'")
         return value
 
@@ -91,7 +94,7 @@ class Manifest(_Model):
     @classmethod
     def _env_names(cls, value: dict[str, PortSpec]) -> dict[str, PortSpec]:
         for name in value:
-            if not ENV_NAME.match(name):
+            if not ENV_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not an env var name (A-Z, 0-9, _; starting with a letter)")
         return value
 
@@ -132,10 +135,35 @@ def describe_validation(err: ValidationError, *, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
+def json_depth(document: object) -> int:
+    """How deep `document` nests (a scalar is 0, `{}` is 1), without recursion: any depth is safe to ask."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(document, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list | tuple):
+            children = list(item)
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_depth(document: object, *, what: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse a document nested deeper than `limit` (ManifestError), before it is stored anywhere."""
+    if json_depth(document) > limit:
+        raise ManifestError(f"{what} nests deeper than {limit} levels: flatten it")
+
+
 def parse_manifest(document: object) -> Manifest:
     """Validate a manifest (a dict, as stored, or a JSON string); raise ManifestError naming each bad field."""
     if isinstance(document, Manifest):
         return document
+    if not isinstance(document, str | bytes):
+        check_depth(document, what="the manifest")
     try:
         if isinstance(document, str | bytes):
             return Manifest.model_validate_json(document)

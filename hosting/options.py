@@ -120,7 +120,7 @@ def parse(model: type[M], operation: str, options: Mapping[str, Any]) -> M:
 
 
 def check_app_id(app_id: str) -> str:
-    if not isinstance(app_id, str) or not APP_ID.match(app_id):
+    if not isinstance(app_id, str) or not APP_ID.fullmatch(app_id):
         raise OptionsError(
             f"bad app id {app_id!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
@@ -128,7 +128,7 @@ def check_app_id(app_id: str) -> str:
 
 
 def check_location(location: str) -> str:
-    if not LOCATION.match(location):
+    if not LOCATION.fullmatch(location):
         raise OptionsError(
             f"bad location {location!r}: use lowercase DNS labels (a-z, 0-9, '-') separated by dots, like 'blog'"
         )
@@ -140,7 +140,7 @@ def check_env(env: Mapping[str, str], manifest: Manifest) -> dict[str, str]:
     problems = []
     ports = set(manifest.declared_ports())
     for name, value in sorted(env.items()):
-        if not ENV_VAR.match(name):
+        if not ENV_VAR.fullmatch(name):
             problems.append(f"{name!r} is not an env var name (letters, digits, '_'; not starting with a digit)")
         elif name.startswith(PLATFORM_ENV_PREFIX):
             problems.append(f"{name} is set by the platform ({PLATFORM_ENV_PREFIX}*); choose another name")

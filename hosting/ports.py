@@ -187,6 +187,62 @@ def release(conn: Connection, app_id: str) -> None:
         )
 
 
+def claim_more(conn: Connection, app_id: str, bindings: Sequence[Binding]) -> None:
+    """Reserve the ports of `bindings` the app does not hold yet, leaving its bindings as they are.
+
+    What the front door does for a configure with new ports, with the task's row: the port is
+    the app's from then on, and the task (`reserve`) makes the bindings. PortConflictError on a
+    port another app holds; the caller's transaction must then be rolled back.
+    """
+    held = {
+        (row.type, row.port)
+        for row in conn.execute(
+            select(PortReservation.type, PortReservation.port).where(PortReservation.app_id == app_id)
+        )
+    }
+    rows = sorted(
+        (
+            {"type": b.type, "port": p, "app_id": app_id, "env_var": b.env_var}
+            for b in bindings
+            for p in b.host_ports
+            if (b.type, p) not in held
+        ),
+        key=lambda r: (r["type"], r["port"]),
+    )
+    if not rows:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(PortReservation), rows)
+    except IntegrityError as err:
+        raise PortConflictError(_conflict_message(conn, app_id, bindings)) from err
+
+
+def drop_unbound(conn: Connection, app_id: str) -> int:
+    """Give back the app's reservations that none of its bindings uses (a claim whose task never ran)."""
+    bound = {
+        (row.type, port)
+        for row in conn.execute(
+            select(PortBinding.type, PortBinding.host_port, PortBinding.count.label("n")).where(
+                PortBinding.app_id == app_id
+            )
+        )
+        for port in range(row.host_port, row.host_port + row.n)
+    }
+    held = conn.execute(
+        select(PortReservation.type, PortReservation.port).where(PortReservation.app_id == app_id)
+    ).all()
+    loose = [{"t": row.type, "p": row.port} for row in held if (row.type, row.port) not in bound]
+    if loose:
+        conn.execute(
+            delete(PortReservation).where(
+                PortReservation.type == bindparam("t"), PortReservation.port == bindparam("p")
+            ),
+            loose,
+        )
+    return len(loose)
+
+
 def bindings_of(conn: Connection, app_id: str, manifest: Manifest) -> list[Binding]:
     """The app's stored bindings, with container ports from its manifest."""
     out = []

@@ -146,7 +146,7 @@ def parse_checksum(text: bytes, url: str) -> str:
     """`<hex>  <name>` (sha256sum) or `<hex>`."""
     first = text.decode(errors="replace").strip().split()
     value = first[0].lower() if first else ""
-    if not _HEX64.match(value):
+    if not _HEX64.fullmatch(value):
         raise ReleaseVerifyError(f"the checksum file of release {url} holds no sha256 digest: refused")
     return value
 
@@ -193,7 +193,7 @@ def read_manifest(path: Path, url: str) -> dict[str, Any]:
         raise ReleaseVerifyError(f"{err}; nothing was changed") from err
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as err:
         raise ReleaseVerifyError(f"release {url} is corrupt ({err}): refused; nothing was changed") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("version"), str) or not SEMVER.match(doc["version"]):
+    if not isinstance(doc, dict) or not isinstance(doc.get("version"), str) or not SEMVER.fullmatch(doc["version"]):
         raise ReleaseVerifyError(f"release {url}: {MANIFEST} has no valid 'version' (like 1.2.3): refused")
     try:
         infra.parse(doc.get("infra", []))

@@ -23,6 +23,11 @@ DEFAULT_CPU_SHARES = 512
 MIN_MEMORY = 32 * MIB
 #: For apps whose manifest names no memoryLimit.
 DEFAULT_MEMORY = 256 * MIB
+#: Upper bounds where the Docker host is not known (the front doors): the most boxtasks accepts at
+#: all. The task checks again against the Docker host's own CPUs and memory when it runs.
+MAX_CPUS = 1024
+MAX_CPU_QUOTA = 100 * MAX_CPUS
+MAX_MEMORY = 1 << 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,7 @@ class Limits:
 
 def check_limits(
     manifest: Manifest,
-    host: HostCapacity,
+    host: HostCapacity | None,
     *,
     cpu_shares: int | None = None,
     cpu_quota: int | None = None,
@@ -65,27 +70,38 @@ def check_limits(
 ) -> Limits:
     """Fill what was not given from `current` (or the defaults), then check each bound.
 
-    Every problem is reported at once, each with its allowed range.
+    `host` None (the front doors, which cannot ask the Docker host): the upper bounds are the
+    most boxtasks accepts at all, and the messages say so instead of naming host figures.
+    Booleans are not numbers here. Every problem is reported at once, each with its allowed range.
     """
+    given = {"cpuShares": cpu_shares, "cpuQuota": cpu_quota, "memoryLimit": memory_limit}
+    not_int = [f"{k} must be an integer, got {v!r}" for k, v in given.items() if v is not None and not _is_int(v)]
+    if not_int:
+        raise ResourceError("resources refused: " + "; ".join(not_int))
+    max_quota = 100 * host.ncpu if host is not None else MAX_CPU_QUOTA
     shares = cpu_shares if cpu_shares is not None else (current.cpu_shares if current else DEFAULT_CPU_SHARES)
-    quota = cpu_quota if cpu_quota is not None else (current.cpu_quota if current else 100 * host.ncpu)
+    quota = cpu_quota if cpu_quota is not None else (current.cpu_quota if current else max_quota)
     default_memory = manifest.memory_limit or DEFAULT_MEMORY
     memory = memory_limit if memory_limit is not None else (current.memory_limit if current else default_memory)
 
     problems = []
     if not MIN_CPU_SHARES <= shares <= MAX_CPU_SHARES:
         problems.append(f"cpuShares {shares} is outside {MIN_CPU_SHARES}-{MAX_CPU_SHARES} (a relative weight)")
-    max_quota = 100 * host.ncpu
     if not 1 <= quota <= max_quota:
-        problems.append(
-            f"cpuQuota {quota} is outside 1-{max_quota} (percent of one CPU; this host has {host.ncpu} CPUs)"
-        )
+        cpus = f"this host has {host.ncpu} CPUs" if host is not None else f"boxtasks allows at most {MAX_CPUS}"
+        problems.append(f"cpuQuota {quota} is outside 1-{max_quota} (percent of one CPU; {cpus})")
     floor = max(MIN_MEMORY, manifest.memory_limit)
     if memory < floor:
         why = "the app's manifest asks for at least that" if floor > MIN_MEMORY else "the smallest sane limit"
         problems.append(f"memoryLimit {memory} bytes is below {floor} bytes ({floor // MIB} MiB, {why})")
-    elif memory > host.memory:
+    elif host is not None and memory > host.memory:
         problems.append(f"memoryLimit {memory} bytes is more than the host has ({host.memory} bytes)")
+    elif host is None and memory > MAX_MEMORY:
+        problems.append(f"memoryLimit {memory} bytes is more than boxtasks allows ({MAX_MEMORY} bytes)")
     if problems:
         raise ResourceError("resources refused: " + "; ".join(problems))
     return Limits(cpu_shares=shares, cpu_quota=quota, memory_limit=memory)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -23,7 +23,15 @@ from sqlalchemy.exc import IntegrityError
 
 from config.filemodes import private_dir
 from hosting import appstate, archive, backups, mail, ports
-from hosting.apps import _build, _busy_is_retryable, _failures_leave_error, _finish, _load, _summary
+from hosting.apps import (
+    _build,
+    _busy_is_retryable,
+    _failures_leave_error,
+    _finish,
+    _load,
+    _refusal_gives_back,
+    _summary,
+)
 from hosting.appstate import RunState
 from hosting.box import Box, resolve
 from hosting.context import TaskContext
@@ -81,12 +89,13 @@ def restore(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
 def clone(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
     """A new app `app_id` from a backup or an archive, at its own location with its own ports."""
     box = resolve(box)
-    check_app_id(app_id)
-    opts = parse(CloneOptions, "clone", options)
-    bid = opts.backup_id
-    if bid is None:
-        with ctx.fenced() as conn:
-            bid = _archive(conn, str(opts.archive_id)).backup_id
+    with _refusal_gives_back(ctx, app_id, "clone"):
+        check_app_id(app_id)
+        opts = parse(CloneOptions, "clone", options)
+        bid = opts.backup_id
+        if bid is None:
+            with ctx.fenced() as conn:
+                bid = _archive(conn, str(opts.archive_id)).backup_id
     return _create_from(ctx, box, app_id, "clone", bid, opts.archive_id, opts.location, opts.ports)
 
 
@@ -103,51 +112,52 @@ def _create_from(
     location: str | None,
     wanted_ports: dict[str, int] | None,
 ) -> Result:
-    with ctx.fenced() as conn:
-        row, _ = backups.usable(conn, box.settings, bid)
-        config = dict(_archive(conn, archive_id).app_config or {}) if archive_id else {}
-    config = config or dict(row.app_config or {})
-    if not config.get("manifest"):
-        raise BackupError(f"backup {bid} holds no app config (made by an older version): it cannot make a new app")
-    manifest = parse_manifest(config["manifest"])
-    location = check_location(location if location is not None else str(config.get("location", "")))
-    if wanted_ports is None:
-        wanted_ports = dict(config.get("ports") or {}) if op == "restore" else {}
-    bindings = ports.check_ports(manifest, wanted_ports)
-    env = check_env(dict(config.get("env") or {}), manifest)
-    res = config.get("resources") or {}
-    limits = check_limits(
-        manifest,
-        box.docker.capacity(),
-        cpu_shares=res.get("cpuShares"),
-        cpu_quota=res.get("cpuQuota"),
-        memory_limit=res.get("memoryLimit"),
-    )
-    ctx.progress(5, f"Verifying backup {bid}")
-    path = backups.verify(box.settings, row)  # a corrupt backup: refused before anything exists
+    with _refusal_gives_back(ctx, app_id, op):
+        with ctx.fenced() as conn:
+            row, _ = backups.usable(conn, box.settings, bid)
+            config = dict(_archive(conn, archive_id).app_config or {}) if archive_id else {}
+        config = config or dict(row.app_config or {})
+        if not config.get("manifest"):
+            raise BackupError(f"backup {bid} holds no app config (made by an older version): it cannot make a new app")
+        manifest = parse_manifest(config["manifest"])
+        location = check_location(location if location is not None else str(config.get("location", "")))
+        if wanted_ports is None:
+            wanted_ports = dict(config.get("ports") or {}) if op == "restore" else {}
+        bindings = ports.check_ports(manifest, wanted_ports)
+        env = check_env(dict(config.get("env") or {}), manifest)
+        res = config.get("resources") or {}
+        limits = check_limits(
+            manifest,
+            box.docker.capacity(),
+            cpu_shares=res.get("cpuShares"),
+            cpu_quota=res.get("cpuQuota"),
+            memory_limit=res.get("memoryLimit"),
+        )
+        ctx.progress(5, f"Verifying backup {bid}")
+        path = backups.verify(box.settings, row)  # a corrupt backup: refused before anything exists
 
-    run_state = RunState.RUNNING if config.get("runState", "running") == "running" else RunState.STOPPED
-    values: dict[str, Any] = {
-        "app_store_id": config.get("appStoreId") or manifest.id,
-        "manifest": dict(config["manifest"]),
-        "version": manifest.version,
-        "location": location,
-        "run_state": run_state.value,
-        "cpu_shares": limits.cpu_shares,
-        "cpu_quota": limits.cpu_quota,
-        "memory_limit": limits.memory_limit,
-        "env": env,
-        "notes": str(config.get("notes", "")),
-        "operators": list(config.get("operators") or []),
-        "checklist": dict(config.get("checklist") or {}),
-        "enable_backup": bool(config.get("enableBackup", True)),
-        "enable_mailbox": bool(config.get("enableMailbox", False)),
-    }
-    ctx.progress(10, "Recording the new app")
-    with _busy_is_retryable(op), ctx.fenced() as conn:
-        _claim_new(conn, app_id, op, values)
-        ports.reserve(conn, app_id, bindings)
-        mail.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
+        run_state = RunState.RUNNING if config.get("runState", "running") == "running" else RunState.STOPPED
+        values: dict[str, Any] = {
+            "app_store_id": config.get("appStoreId") or manifest.id,
+            "manifest": dict(config["manifest"]),
+            "version": manifest.version,
+            "location": location,
+            "run_state": run_state.value,
+            "cpu_shares": limits.cpu_shares,
+            "cpu_quota": limits.cpu_quota,
+            "memory_limit": limits.memory_limit,
+            "env": env,
+            "notes": str(config.get("notes", "")),
+            "operators": list(config.get("operators") or []),
+            "checklist": dict(config.get("checklist") or {}),
+            "enable_backup": bool(config.get("enableBackup", True)),
+            "enable_mailbox": bool(config.get("enableMailbox", False)),
+        }
+        ctx.progress(10, "Recording the new app")
+        with _busy_is_retryable(op), ctx.fenced() as conn:
+            _claim_new(conn, app_id, op, values)
+            ports.reserve(conn, app_id, bindings)
+            mail.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
     with _failures_leave_error(ctx, app_id, op):
         ctx.progress(20, "Restoring the data")
         swap_data(box, app_id, path)

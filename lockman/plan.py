@@ -35,7 +35,7 @@ def parse_mode(value: object) -> Mode:
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not LOCK_NAME.match(name):
+    if not isinstance(name, str) or not LOCK_NAME.fullmatch(name):
         raise LockPlanError(
             f"malformed lock name {name!r}: use a lowercase kind with an optional ':id', "
             "like 'platform', 'task:update' or 'app:a1b2'"

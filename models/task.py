@@ -76,4 +76,4 @@ class TaskGuard(Base):
     __tablename__ = "task_guards"
 
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    task_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

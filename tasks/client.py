@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from config import get_settings
 from config.celery import TASK_QUEUES
@@ -36,26 +36,36 @@ def enqueue(
     app_id: str | None = None,
     queue: str | None = None,
     engine: Engine | None = None,
+    claim: Callable[[Connection, str], None] | None = None,
     retry_of: str | None = None,
 ) -> str:
     """Record the task (`queued`), then send its message; the row's id is the Celery task id.
 
-    A kind that runs once at a time (`guards.GUARDED_KINDS`) raises DuplicateTaskError, naming
-    the task under way, instead of recording a second.
+    `claim`: what the request takes in the same transaction as the row (`records.create`). A kind
+    that runs once at a time (`guards.GUARDED_KINDS`) also takes its guard there, and raises
+    DuplicateTaskError, naming the task under way, instead of recording a second.
     """
     engine = engine or get_engine()
     args = dict(args or {})
     queue = queue or queue_for(kind)
     if kind in guards.GUARDED_KINDS:
-        task_id = guards.create_guarded(engine, kind=kind, queue=queue, args=args, retry_of=retry_of)
-    else:
-        task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id, retry_of=retry_of)
+        claim = _guarded(kind, claim)
+    task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id, claim=claim, retry_of=retry_of)
     try:
         app.send_task(task_name(kind), kwargs=args, task_id=task_id, queue=queue)
     except (KombuOperationalError, OSError) as err:
         records.finish(engine, task_id, TaskState.FAILED, message="Could not reach the broker", error=str(err))
         raise BrokerUnavailableError(f"task {task_id} recorded but not sent: broker unreachable ({err})") from err
     return task_id
+
+
+def _guarded(kind: str, claim: Callable[[Connection, str], None] | None) -> Callable[[Connection, str], None]:
+    def guarded(conn: Connection, task_id: str) -> None:
+        guards.take(conn, kind, task_id)
+        if claim is not None:
+            claim(conn, task_id)
+
+    return guarded
 
 
 def wake(task_ids: Sequence[str], *, engine: Engine | None = None) -> list[str]:

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, Engine, Executable, Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Executable,
+    Row,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models import FINAL_STATES, Task, TaskState, db_utcnow, liveness
@@ -114,10 +126,24 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def new_row(
-    *, task_id: str, kind: str, queue: str, args: dict[str, Any], app_id: str | None, retry_of: str | None = None
-) -> dict[str, Any]:
-    """The values of a new `queued` task row (`create`, and `tasks.guards` inside its transaction)."""
+def create(
+    engine: Engine,
+    *,
+    kind: str,
+    queue: str,
+    args: dict[str, Any],
+    app_id: str | None,
+    task_id: str | None = None,
+    claim: Callable[[Connection, str], None] | None = None,
+    retry_of: str | None = None,
+) -> str:
+    """Record a queued task; its id.
+
+    `claim(conn, task_id)` runs in the same transaction, after the row is written (a first write
+    also takes SQLite's write lock before any read): what it raises rolls the row back with it,
+    so a request the claim refuses leaves no task behind.
+    """
+    task_id = task_id or new_task_id()
     row = {
         "id": task_id,
         "type": kind,
@@ -128,24 +154,13 @@ def new_row(
         "percent": 0,
         "message": "Queued",
         "locks": {},
+        "retry_of": retry_of,
     }
-    if retry_of is not None:
-        row["retry_of"] = retry_of
-    return row
-
-
-def create(
-    engine: Engine,
-    *,
-    kind: str,
-    queue: str,
-    args: dict[str, Any],
-    app_id: str | None,
-    task_id: str | None = None,
-    retry_of: str | None = None,
-) -> str:
-    task_id = task_id or new_task_id()
-    row = new_row(task_id=task_id, kind=kind, queue=queue, args=args, app_id=app_id, retry_of=retry_of)
+    if claim is not None:
+        with engine.begin() as conn:
+            conn.execute(_INSERT, row)
+            claim(conn, task_id)
+        return task_id
     for attempt in (1, 2):
         try:
             _write(engine, _INSERT, row, again_if_dropped=False)

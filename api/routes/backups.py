@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 from sqlalchemy import Engine
 
 from api import actions, auth, queries
 from api.routes._common import ItemId, errors
-from api.schemas import APP_ID_PATTERN, ArchiveOut, BackupOut, StartedOut
+from api.schemas import APP_ID_PATTERN, ArchiveOut, BackupOut, NoOptions, StartedOut
 
 router = APIRouter(tags=["backups"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
@@ -44,7 +44,7 @@ def list_archives(db: Db, limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT
     dependencies=[Depends(auth.write)],
     responses=errors(404, 409, 422, 501, 503),
 )
-def restore_archive(archive_id: ItemId, db: Db) -> dict[str, Any]:
+def restore_archive(archive_id: ItemId, db: Db, body: Annotated[NoOptions | None, Body()] = None) -> dict[str, Any]:
     """Bring an uninstalled app back from its archive (an app `restore` from the archive's backup)."""
     archive = queries.get_archive(db, archive_id)
     options = {"backupId": archive["backup_id"], "archiveId": archive_id}

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from api import actions, auth
 from api.routes._common import errors
-from api.schemas import CapabilitiesOut, FullBackupRequest, PlatformUpdateRequest, StartedOut
+from api.schemas import CapabilitiesOut, FullBackupRequest, NoOptions, PlatformUpdateRequest, StartedOut
 
 router = APIRouter(prefix="/platform", tags=["platform"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
@@ -41,5 +41,6 @@ def full_backup(db: Db, body: Annotated[FullBackupRequest | None, Body()] = None
 @router.post(
     "/start", status_code=202, response_model=StartedOut, dependencies=[Depends(auth.admin)], responses=_STARTS
 )
-def start(db: Db) -> dict[str, Any]:
+def start(db: Db, body: Annotated[NoOptions | None, Body()] = None) -> dict[str, Any]:
+    """Bring the platform up; it takes no options (a body with any is refused, not ignored)."""
     return actions.platform_task(db, "platformstart").as_dict()

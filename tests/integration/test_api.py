@@ -247,8 +247,8 @@ def test_install_refuses_bad_input_before_a_task_exists(api: ApiServer, toks: di
         ({"manifest": MANIFEST, "location": "shop", "memoryLimit": 10}, 422, "memoryLimit"),
         ({"manifest": MANIFEST, "location": "shop", "port": {}}, 422, "body.port"),
         ({"manifest": MANIFEST}, 422, "body.location"),
-        ({"manifest": MANIFEST, "location": "blog"}, 409, "taken by app a1"),
-        ({"manifest": MANIFEST, "location": "shop", "ports": {"SSH_PORT": 2222}}, 409, "held by app a1"),
+        ({"manifest": MANIFEST, "location": "blog"}, 409, "used by app a1"),
+        ({"manifest": MANIFEST, "location": "shop", "ports": {"SSH_PORT": 2222}}, 409, "used by app a1"),
         ({"manifest": MANIFEST, "location": "shop", "appId": "a2"}, 409, "cannot install app a2"),
     ]
     for body, status, words in cases:

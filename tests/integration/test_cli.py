@@ -104,7 +104,7 @@ def test_refusals_are_one_line_and_non_zero(env: Env, tmp_path: Path) -> None:
     reserved = boxtasks("app", "install", "--manifest", str(manifest), "--location", "blog", "--port", "SSH_PORT=22")
     assert reserved.code == 1 and "reserved for SSH" in _one_line_error(reserved)
     missing = boxtasks("app", "install", "--manifest", str(tmp_path / "nope.json"), "--location", "blog")
-    assert missing.code == 1 and "cannot read manifest" in _one_line_error(missing)
+    assert missing.code == 2 and "cannot read manifest" in _one_line_error(missing)
     bad_port = boxtasks("app", "install", "--manifest", str(manifest), "--location", "blog", "--port", "SSH_PORT")
     assert bad_port.code == 1 and "NAME=VALUE" in _one_line_error(bad_port)
     no_app = boxtasks("app", "start", "nope")

@@ -73,11 +73,12 @@ def test_a_second_platform_task_answers_with_the_first(env: Env, kind: str) -> N
 
 @pytest.mark.parametrize("fresh_guard", [True, False], ids=["first-ever", "take-over"])
 def test_concurrent_requests_record_one_task(env: Env, fresh_guard: bool) -> None:
-    """Eight requests at once, on the guard's first use and on taking over a finished task's guard."""
+    """Eight requests at once, on the guard's first use (as the migration made it) and on taking over a
+    finished task's guard."""
     engine = get_engine()
     if fresh_guard:
         with engine.begin() as conn:
-            conn.execute(delete(TaskGuard).where(TaskGuard.kind == "fullbackup"))
+            conn.execute(update(TaskGuard).where(TaskGuard.kind == "fullbackup").values(task_id=None))
     else:
         _fail(client.enqueue("fullbackup", {}, engine=engine))
     barrier = threading.Barrier(8)
@@ -148,8 +149,9 @@ def test_retry_checks_the_arguments_again(env: Env) -> None:
         conn.execute(delete(App).where(App.location == location))
     old = actions.install(engine, {"manifest": MANIFEST, "location": location}, app_id=app_id)
     _fail(old.task_id)
+    actions.release_claim(engine, app_id, "install")  # as a refused install gives back its claim
     _seed_app(f"{app_id}x", location)  # another app took the location meanwhile
-    with pytest.raises(StateError, match=f"location {location!r} is taken"):
+    with pytest.raises(StateError, match=f"location {location!r} is already used by app {app_id}x"):
         actions.retry(engine, old.task_id)
     assert not [t for t in _tasks_retrying(engine, old.task_id)], "a refused retry records nothing"
     with engine.begin() as conn:

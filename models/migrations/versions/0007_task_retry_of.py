@@ -20,11 +20,13 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("retry_of", sa.String(64), nullable=True))
-    op.create_table(
+    guards = op.create_table(
         "task_guards",
         sa.Column("kind", sa.String(32), primary_key=True),
-        sa.Column("task_id", sa.String(64), nullable=False),
+        sa.Column("task_id", sa.String(64), nullable=True),
     )
+    # One row per guarded kind from the start, so a request only ever locks an existing row.
+    op.bulk_insert(guards, [{"kind": k, "task_id": None} for k in ("fullbackup", "update", "platformstart")])
     op.create_index("ix_tasks_created_at", "tasks", ["created_at"])
     op.create_index("ix_eventlog_created_at", "eventlog", ["created_at"])
     if not _fk_indexed():

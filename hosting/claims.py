@@ -1,0 +1,106 @@
+"""A new app's claim on its location and host ports, made by the front door with the task's row.
+
+The front door writes, in the one transaction that records the task: the app's row in the
+operation's pending state (its location is unique in `apps`) and its `port_reservations` (unique
+per port). Of two requests for one location or port, the database lets one commit; the other's
+transaction fails on the constraint and is rolled back whole, task row included, so a refused
+request leaves nothing behind, on every backend. The task then finds its own app in its pending
+state and goes on (`hosting.apps.install`, `hosting.restore.clone` accept it).
+
+A claim whose task never began (refused by the task's own checks, cancelled while queued, or
+never sent) is dropped by `release_unstarted`: the row goes only while it is still the untouched
+claim (pending, no container, no error), so an app that did begin is never removed here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from hosting import appstate, ports
+from hosting.errors import LocationConflictError
+from models import App, Task
+
+logger = logging.getLogger(__name__)
+
+#: Operations that make a new app at a location of its own.
+NEW_APP_OPERATIONS = ("install", "clone")
+_ACTIVE = ("queued", "waiting", "running")
+
+
+def claim_new_app(
+    conn: Connection,
+    app_id: str,
+    operation: str,
+    values: Mapping[str, Any],
+    bindings: Sequence[ports.Binding],
+    *,
+    task_id: str,
+) -> None:
+    """Insert the app in `operation`'s pending state with its ports, inside the caller's transaction.
+
+    An existing row is taken over only when the operation may start from its state (a retry of a
+    failed install, say) and no other task of the app is active. Raises LocationConflictError,
+    PortConflictError or StateConflictError naming the holder; the caller rolls back.
+    """
+    pending = appstate.rule(operation).pending.value
+    exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
+    if exists:
+        busy = conn.execute(
+            select(Task.id)
+            .where(Task.app_id == app_id, Task.type == "apptask", Task.state.in_(_ACTIVE), Task.id != task_id)
+            .limit(1)
+        ).first()
+        if busy is not None:
+            raise LocationConflictError(f"app {app_id} is busy with task {busy.id}: wait for it, or stop it")
+    try:
+        with conn.begin_nested():
+            if not exists:
+                conn.execute(insert(App).values(id=app_id, installation_state=pending, **values))
+            elif (
+                conn.execute(
+                    update(App)
+                    .where(App.id == app_id, appstate.may_start(operation))
+                    .values(installation_state=pending, **values)
+                ).rowcount
+                != 1
+            ):
+                raise appstate.refusal(conn, app_id, operation)
+    except IntegrityError as err:
+        location = values["location"]
+        holder = conn.execute(
+            # A locking read sees the latest commit, not this transaction's snapshot (InnoDB).
+            select(App.id).where(App.location == location, App.id != app_id).with_for_update(read=True)
+        ).scalar()
+        if holder is not None:
+            raise LocationConflictError(
+                f"location {location!r} is already used by app {holder}; choose another location"
+            ) from err
+        raise LocationConflictError(
+            f"an app with id {app_id!r} was created at the same moment; choose another app id"
+        ) from err
+    ports.reserve(conn, app_id, bindings)
+
+
+def release_unstarted(conn: Connection, app_id: str, operation: str) -> bool:
+    """Drop the claim of a new app whose task never began; True when something was dropped."""
+    if operation not in NEW_APP_OPERATIONS:
+        return False
+    pending = appstate.rule(operation).pending.value
+    untouched = (
+        App.id == app_id,
+        App.installation_state == pending,
+        App.container_id.is_(None),
+        App.error.is_(None),
+    )
+    if conn.execute(select(App.id).where(*untouched)).first() is None:
+        return False
+    ports.release(conn, app_id)
+    dropped = conn.execute(delete(App).where(*untouched)).rowcount == 1
+    if dropped:
+        logger.info("app %s: dropped the claim of a %s that never began", app_id, operation)
+    return dropped
