@@ -14,6 +14,7 @@ from config import get_settings
 from config.celery import TASK_QUEUES
 from lockman import LockManager
 from models import FINAL_STATES, TaskState, get_engine
+from models.secrets import redact
 from tasks import records
 from tasks.celery import app
 from tasks.errors import BrokerUnavailableError, TaskNotFoundError
@@ -37,13 +38,18 @@ def enqueue(
     queue: str | None = None,
     engine: Engine | None = None,
 ) -> str:
-    """Record the task (`queued`), then send its message; the row's id is the Celery task id."""
+    """Record the task (`queued`), then send its message; the row's id is the Celery task id.
+
+    The message carries the args with their secrets masked (`models.secrets`): the broker and
+    Flower see which env names are set, never their values; the worker reads the whole args from
+    the row (`tasks.locking`).
+    """
     engine = engine or get_engine()
     args = dict(args or {})
     queue = queue or queue_for(kind)
     task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id)
     try:
-        app.send_task(task_name(kind), kwargs=args, task_id=task_id, queue=queue)
+        app.send_task(task_name(kind), kwargs=redact(args), task_id=task_id, queue=queue)
     except (KombuOperationalError, OSError) as err:
         records.finish(engine, task_id, TaskState.FAILED, message="Could not reach the broker", error=str(err))
         raise BrokerUnavailableError(f"task {task_id} recorded but not sent: broker unreachable ({err})") from err
@@ -55,7 +61,7 @@ def wake(task_ids: Sequence[str], *, engine: Engine | None = None) -> list[str]:
     engine = engine or get_engine()
     sent = []
     for row in records.waiting(engine, task_ids):
-        app.send_task(task_name(row.type), kwargs=row.args, task_id=row.id, queue=row.queue)
+        app.send_task(task_name(row.type), kwargs=redact(row.args), task_id=row.id, queue=row.queue)
         sent.append(row.id)
     return sent
 
