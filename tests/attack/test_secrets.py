@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
 from sqlalchemy import Engine, insert, text
 
 from api import tokens
@@ -59,7 +60,7 @@ def planted(what: str) -> str:
 
 def test_the_rule_masks_values_keeps_names_and_scrubs_free_text() -> None:
     secret, mail = planted("env"), planted("mail")
-    doc = {
+    doc: dict[str, Any] = {
         "app_id": "a1",
         "options": {"env": {"DB_PASSWORD": secret, "LOG_LEVEL": "info"}, "ports": {"API_KEY_PORT": 2222}},
         "sendmail": {"username": "blog.app@example.com", "password": mail},
@@ -226,9 +227,9 @@ def _refuse_task_rows(engine: Engine, *, on: bool) -> None:
 def _broker_messages(url: str, queue: str) -> list[Any]:
     """Every message waiting in `queue`, taken off it (no worker runs here)."""
     taken = []
-    with Connection(url) as conn:
-        bound = Queue(queue, channel=conn.default_channel)
-        while (message := bound.get(no_ack=True)) is not None:
+    with Connection(url) as conn:  # type: ignore[no-untyped-call]
+        bound = Queue(queue, channel=conn.default_channel)  # type: ignore[no-untyped-call]
+        while (message := bound.get(no_ack=True)) is not None:  # type: ignore[no-untyped-call]
             taken.append(message)
     return taken
 
