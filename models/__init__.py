@@ -12,7 +12,7 @@ from models.errors import MigrationError, ModelError
 from models.events import Event, Notification
 from models.lock import LockRequest, LockRow
 from models.platform import PlatformState
-from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskState
+from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskGuard, TaskState
 from models.token import ApiToken
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "PortBinding",
     "PortReservation",
     "Task",
+    "TaskGuard",
     # task states
     "FINAL_STATES",
     "PROCESSLESS_STATES",

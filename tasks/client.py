@@ -15,7 +15,7 @@ from config.celery import TASK_QUEUES
 from lockman import LockManager
 from models import FINAL_STATES, TaskState, get_engine
 from models.secrets import redact
-from tasks import records
+from tasks import guards, records
 from tasks.celery import app
 from tasks.errors import BrokerUnavailableError, TaskNotFoundError
 
@@ -37,8 +37,12 @@ def enqueue(
     app_id: str | None = None,
     queue: str | None = None,
     engine: Engine | None = None,
+    retry_of: str | None = None,
 ) -> str:
     """Record the task (`queued`), then send its message; the row's id is the Celery task id.
+
+    A kind that runs once at a time (`guards.GUARDED_KINDS`) raises DuplicateTaskError, naming
+    the task under way, instead of recording a second.
 
     The message carries the args with their secrets masked (`models.secrets`): the broker and
     Flower see which env names are set, never their values; the worker reads the whole args from
@@ -47,7 +51,10 @@ def enqueue(
     engine = engine or get_engine()
     args = dict(args or {})
     queue = queue or queue_for(kind)
-    task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id)
+    if kind in guards.GUARDED_KINDS:
+        task_id = guards.create_guarded(engine, kind=kind, queue=queue, args=args, retry_of=retry_of)
+    else:
+        task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id, retry_of=retry_of)
     try:
         app.send_task(task_name(kind), kwargs=redact(args), task_id=task_id, queue=queue)
     except (KombuOperationalError, OSError) as err:
