@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, metrics
 from api.errors import FrontError
@@ -25,6 +26,7 @@ from api.routes import ROUTERS
 from config import Settings, get_settings
 from lockman import LockError, LockManager
 from models import get_engine
+from models.secrets import describe_db_error, where
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_metrics(app, settings, lock_manager)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(_QuietErrors)  # outermost: whatever escapes is logged without its text
     return app
 
 
@@ -108,9 +111,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             err.status_code, _HTTP_CODES.get(err.status_code, "error"), message, dict(err.headers or {}) or None
         )
 
+    # Never `str(err)` of a database error: it carries the statement's parameters (task args, env).
     @app.exception_handler(OperationalError)
-    async def database_down(_: Request, err: OperationalError) -> JSONResponse:
-        logger.warning("database error: %s", err)
+    async def database_down(request: Request, err: OperationalError) -> JSONResponse:
+        logger.warning("database error in %s %s: %s", request.method, request.url.path, describe_db_error(err))
         return _error(503, "database_unavailable", "the database does not answer; try again shortly")
 
     @app.exception_handler(LockError)
@@ -119,9 +123,42 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(503, "locks_unavailable", str(err))
 
     @app.exception_handler(SQLAlchemyError)
-    async def database_error(_: Request, err: SQLAlchemyError) -> JSONResponse:
-        logger.exception("database error")
+    async def database_error(request: Request, err: SQLAlchemyError) -> JSONResponse:
+        logger.error(
+            "database error in %s %s: %s\n%s", request.method, request.url.path, describe_db_error(err), where(err)
+        )
         return _error(500, "database_error", "the database refused the request; see the API's log")
+
+
+class _QuietErrors:
+    """Any other exception: a 500 and a log line with its class and where it was raised, not its text.
+
+    Left to Starlette, the server would log the exception's text, which may quote the request's
+    data (a validation error quotes its input, env and all).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as err:
+            logger.error(
+                "unexpected %s in %s %s\n%s", type(err).__name__, scope.get("method"), scope.get("path"), where(err)
+            )
+            if not started:
+                await _error(500, "internal_error", "the server failed; see the API's log")(scope, receive, send)
 
 
 def describe(errors: Any) -> str:

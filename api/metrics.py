@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import queries
 from lockman import LockError, LockManager
 from models import TaskState
+from models.secrets import describe_db_error
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class BoxCollector(Collector):
         try:
             families = list(self._families())
         except (SQLAlchemyError, LockError) as err:
-            logger.warning("metrics: database did not answer: %s", err)
+            logger.warning("metrics: database did not answer: %s", describe_db_error(err))
             up.add_metric([], 0)
             yield up
             return

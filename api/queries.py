@@ -3,6 +3,10 @@
 HTTP-free, shared by the REST API and the CLI. Rows become plain dicts: tasks in snake_case (the
 CLI's --json contract), apps with the seed's names (`portBindings`, `cpuShares`, ...), and every
 time as ISO 8601 UTC with a `Z`.
+
+Every view is a read view, whatever the token's scope: secrets (an app's env values, addon and
+mail passwords, any key named like a password or key) come out masked, by `models.secrets`, and
+free text that quotes a secret the box holds has it scrubbed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from sqlalchemy import Engine, desc, func, select, update
 
 from api.errors import MissingError
 from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState, liveness
+from models.secrets import known_secrets, redact, scrub, secret_values
 
 #: The most rows one listing returns.
 MAX_LIMIT = 1000
@@ -47,10 +52,14 @@ _TASK_COLUMNS = (
 _TASK_TIMES = ("created_at", "started_at", "finished_at", "heartbeat_at", "stop_requested_at")
 
 
-def task_dict(row: Any) -> dict[str, Any]:
+def task_dict(row: Any, known: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The task's row as a view: secrets of its args masked, and scrubbed from its result, error and message."""
     m = row._mapping
     out = {k: m[k] for k in _TASK_COLUMNS}
     out.update({k: iso(m[k]) for k in _TASK_TIMES})
+    found = secret_values(out["args"]) | known
+    for key in ("args", "result", "error", "message"):
+        out[key] = redact(out[key], known=found)
     return out
 
 
@@ -71,15 +80,18 @@ def list_tasks(
     if app_id:
         stmt = stmt.where(Task.app_id == app_id)
     with engine.connect() as conn:
-        return [task_dict(r) for r in conn.execute(stmt).all()]
+        rows = conn.execute(stmt).all()
+        known = known_secrets(conn) if rows else set()
+    return [task_dict(r, known) for r in rows]
 
 
 def get_task(engine: Engine, task_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(Task.__table__).where(Task.id == task_id)).first()
-    if row is None:
-        raise MissingError(f"no task {task_id!r}: `boxtasks task list` shows the tasks")
-    return task_dict(row)
+        if row is None:
+            raise MissingError(f"no task {task_id!r}: `boxtasks task list` shows the tasks")
+        known = known_secrets(conn)
+    return task_dict(row, known)
 
 
 def task_log(engine: Engine, task_id: str, *, limit: int = 200) -> list[dict[str, Any]]:
@@ -93,17 +105,19 @@ def task_log(engine: Engine, task_id: str, *, limit: int = 200) -> list[dict[str
     if task["started_at"]:
         entries.append({"at": task["started_at"], "source": "task", "message": "Started"})
     with engine.connect() as conn:
-        created = conn.execute(select(Task.created_at).where(Task.id == task_id)).scalar_one()
+        created, args = conn.execute(select(Task.created_at, Task.args).where(Task.id == task_id)).one()
         events = conn.execute(
             select(Event.id, Event.action, Event.source, Event.data, Event.created_at)
             .where(Event.created_at >= created)
             .order_by(Event.id)
             .limit(5000)
         ).all()
+        known = known_secrets(conn) | secret_values(args)
     for ev in events:
         source = ev.source or {}
         if task_id in (source.get("taskId"), source.get("task_id")):
-            entries.append({"at": iso(ev.created_at), "source": f"eventlog:{ev.id}", "message": _describe(ev)})
+            data = redact(ev.data or {}, known=known)
+            entries.append({"at": iso(ev.created_at), "source": f"eventlog:{ev.id}", "message": _describe(ev, data)})
     last = task["message"]
     if task["state"] in {s.value for s in (TaskState.QUEUED, TaskState.WAITING, TaskState.RUNNING)}:
         entries.append({"at": None, "source": "task", "message": f"{task['state']}: {task['percent']}% {last}"})
@@ -114,8 +128,7 @@ def task_log(engine: Engine, task_id: str, *, limit: int = 200) -> list[dict[str
     return entries[-limit:]
 
 
-def _describe(ev: Any) -> str:
-    data = ev.data or {}
+def _describe(ev: Any, data: dict[str, Any]) -> str:
     words = ", ".join(f"{k}={v}" for k, v in sorted(data.items()) if v is not None and k != "ok")
     ok = data.get("ok")
     outcome = "" if ok is None else (" ok" if ok else " failed")
@@ -125,8 +138,9 @@ def _describe(ev: Any) -> str:
 # ---------------------------------------------------------------------------- apps
 
 
-def _app_dict(row: Any, bindings: Sequence[Any]) -> dict[str, Any]:
-    return {
+def _app_dict(row: Any, bindings: Sequence[Any], known: set[str]) -> dict[str, Any]:
+    """The app as a view; its env is not shown, and its error and manifest have secrets masked."""
+    view = {
         "id": row.id,
         "appStoreId": row.app_store_id,
         "manifest": row.manifest,
@@ -144,16 +158,18 @@ def _app_dict(row: Any, bindings: Sequence[Any]) -> dict[str, Any]:
         "createdAt": iso(row.created_at),
         "updatedAt": iso(row.updated_at),
     }
+    return dict(redact(view, known=known | secret_values({"env": row.env or {}})))
 
 
 def list_apps(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         apps = conn.execute(select(App.__table__).order_by(App.location)).all()
         bindings = conn.execute(select(PortBinding.__table__)).all()
+        known = known_secrets(conn) if apps else set()
     by_app: dict[str, list[Any]] = {}
     for b in bindings:
         by_app.setdefault(b.app_id, []).append(b)
-    return [_app_dict(a, by_app.get(a.id, [])) for a in apps]
+    return [_app_dict(a, by_app.get(a.id, []), known) for a in apps]
 
 
 def get_app(engine: Engine, app_id: str) -> dict[str, Any]:
@@ -162,14 +178,16 @@ def get_app(engine: Engine, app_id: str) -> dict[str, Any]:
         if row is None:
             raise MissingError(f"no app {app_id!r}: `boxtasks app list` shows the apps")
         bindings = conn.execute(select(PortBinding.__table__).where(PortBinding.app_id == app_id)).all()
-    return _app_dict(row, bindings)
+        known = known_secrets(conn)
+    return _app_dict(row, bindings, known)
 
 
 # ---------------------------------------------------------------------------- backups and archives
 
 
-def _backup_dict(row: Any) -> dict[str, Any]:
-    return {
+def _backup_dict(row: Any, known: set[str]) -> dict[str, Any]:
+    """The backup as a view: its `app_config` keeps the env names, not their values."""
+    view = {
         "id": row.id,
         "type": row.type,
         "app_id": row.app_id,
@@ -183,6 +201,7 @@ def _backup_dict(row: Any) -> dict[str, Any]:
         "error": row.error,
         "created_at": iso(row.created_at),
     }
+    return dict(redact(view, known=known | secret_values(row.app_config or {})))
 
 
 def list_backups(
@@ -194,19 +213,22 @@ def list_backups(
     if type:
         stmt = stmt.where(Backup.type == type)
     with engine.connect() as conn:
-        return [_backup_dict(r) for r in conn.execute(stmt).all()]
+        rows = conn.execute(stmt).all()
+        known = known_secrets(conn) if rows else set()
+    return [_backup_dict(r, known) for r in rows]
 
 
 def get_backup(engine: Engine, backup_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(Backup.__table__).where(Backup.id == backup_id)).first()
-    if row is None:
-        raise MissingError(f"no backup {backup_id!r}: `boxtasks backup list` shows the backups")
-    return _backup_dict(row)
+        if row is None:
+            raise MissingError(f"no backup {backup_id!r}: `boxtasks backup list` shows the backups")
+        known = known_secrets(conn)
+    return _backup_dict(row, known)
 
 
-def _archive_dict(row: Any) -> dict[str, Any]:
-    return {
+def _archive_dict(row: Any, known: set[str]) -> dict[str, Any]:
+    view = {
         "id": row.id,
         "backup_id": row.backup_id,
         "app_id": row.app_id,
@@ -214,20 +236,24 @@ def _archive_dict(row: Any) -> dict[str, Any]:
         "has_icon": row.icon is not None,
         "created_at": iso(row.created_at),
     }
+    return dict(redact(view, known=known | secret_values(row.app_config or {})))
 
 
 def list_archives(engine: Engine, *, limit: int = 100) -> list[dict[str, Any]]:
     stmt = select(Archive.__table__).order_by(desc(Archive.created_at), desc(Archive.id)).limit(min(limit, MAX_LIMIT))
     with engine.connect() as conn:
-        return [_archive_dict(r) for r in conn.execute(stmt).all()]
+        rows = conn.execute(stmt).all()
+        known = known_secrets(conn) if rows else set()
+    return [_archive_dict(r, known) for r in rows]
 
 
 def get_archive(engine: Engine, archive_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(Archive.__table__).where(Archive.id == archive_id)).first()
-    if row is None:
-        raise MissingError(f"no archive {archive_id!r}: GET /api/v1/archives lists them")
-    return _archive_dict(row)
+        if row is None:
+            raise MissingError(f"no archive {archive_id!r}: GET /api/v1/archives lists them")
+        known = known_secrets(conn)
+    return _archive_dict(row, known)
 
 
 def delete_archive(engine: Engine, archive_id: str) -> None:
@@ -256,14 +282,18 @@ def eventlog(
         stmt = stmt.where(Event.id < before)
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
+        known = known_secrets(conn) if rows else set()
     return [
-        {"id": r.id, "action": r.action, "source": r.source, "data": r.data, "created_at": iso(r.created_at)}
+        redact(
+            {"id": r.id, "action": r.action, "source": r.source, "data": r.data, "created_at": iso(r.created_at)},
+            known=known,
+        )
         for r in rows
     ]
 
 
-def _notification_dict(row: Any) -> dict[str, Any]:
-    return {
+def _notification_dict(row: Any, known: set[str]) -> dict[str, Any]:
+    view = {
         "id": row.id,
         "event_id": row.event_id,
         "alert_kind": row.alert_kind,
@@ -272,6 +302,7 @@ def _notification_dict(row: Any) -> dict[str, Any]:
         "acknowledged": bool(row.acknowledged),
         "created_at": iso(row.created_at),
     }
+    return dict(redact(view, known=known))
 
 
 def notifications(engine: Engine, *, acknowledged: bool | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -279,16 +310,19 @@ def notifications(engine: Engine, *, acknowledged: bool | None = None, limit: in
     if acknowledged is not None:
         stmt = stmt.where(Notification.acknowledged == acknowledged)
     with engine.connect() as conn:
-        return [_notification_dict(r) for r in conn.execute(stmt).all()]
+        rows = conn.execute(stmt).all()
+        known = known_secrets(conn) if rows else set()
+    return [_notification_dict(r, known) for r in rows]
 
 
 def acknowledge(engine: Engine, notification_id: int) -> dict[str, Any]:
     with engine.begin() as conn:
         conn.execute(update(Notification).where(Notification.id == notification_id).values(acknowledged=True))
         row = conn.execute(select(Notification.__table__).where(Notification.id == notification_id)).first()
+        known = known_secrets(conn)
     if row is None:
         raise MissingError(f"no notification {notification_id}: GET /api/v1/notifications lists them")
-    return _notification_dict(row)
+    return _notification_dict(row, known)
 
 
 # ---------------------------------------------------------------------------- counts (metrics)
@@ -339,10 +373,13 @@ def locks_report(table: Any, version: int, engine: Engine | None = None) -> dict
     info: dict[str, Any] = {}
     if engine is not None and owners:
         with engine.connect() as conn:
-            for r in conn.execute(
-                select(Task.id, Task.type, Task.state, Task.message, Task.app_id).where(Task.id.in_(owners))
-            ).all():
-                info[r.id] = {"type": r.type, "state": r.state, "message": r.message, "app_id": r.app_id}
+            rows = conn.execute(
+                select(Task.id, Task.type, Task.state, Task.message, Task.app_id, Task.args).where(Task.id.in_(owners))
+            ).all()
+            known = known_secrets(conn)
+        for r in rows:
+            message = scrub(r.message, known | secret_values(r.args or {}))
+            info[r.id] = {"type": r.type, "state": r.state, "message": message, "app_id": r.app_id}
     return {
         "version": version,
         "holders": [

@@ -223,7 +223,9 @@ def _pairs(items: list[str], flag: str) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CliError(f"{flag} takes NAME=VALUE (got {item!r})")
+            # An env value is a secret: a malformed --env is not echoed (it may be the value alone).
+            got = "one without a name or '='" if flag == "--env" else repr(item)
+            raise CliError(f"{flag} takes NAME=VALUE (got {got})")
         out[key] = value
     return out
 

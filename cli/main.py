@@ -15,6 +15,7 @@ from cli.errors import CliError
 from config import ConfigError, get_settings
 from lockman import LockError
 from models import ModelError
+from models.secrets import describe_db_error
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"boxtasks: {err}\n")
         return err.exit_code if isinstance(err, CliError) else 1
     except SQLAlchemyError as err:
-        reason = str(getattr(err, "orig", None) or err).splitlines()[0]
-        sys.stderr.write(f"boxtasks: database error: {reason}\n")
+        # Never str(err): it carries the statement's parameters (the task's args, env and all).
+        sys.stderr.write(f"boxtasks: database error: {describe_db_error(err)}\n")
         return 1
 
 

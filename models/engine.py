@@ -60,17 +60,22 @@ def _private_sqlite_file(path: str) -> None:
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
-    """An engine tuned for boxtasks: pre-ping and recycle survive a restarted or strict server."""
+    """An engine tuned for boxtasks: pre-ping and recycle survive a restarted or strict server.
+
+    `hide_parameters`: an error's text (and the echo log) leaves out the statement's parameters,
+    which carry task args, app env and addon passwords (`models.secrets`); so does the companion.
+    """
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:" and not path.startswith("file:"):
             _private_sqlite_file(path)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
         url,
         echo=echo,
+        hide_parameters=True,
         connect_args=driver_connect_args(url),
         pool_pre_ping=True,
         pool_recycle=300,
@@ -128,6 +133,7 @@ def autocommit_engine(engine: Engine) -> Engine:
             companion = _COMPANIONS[engine] = create_engine(
                 engine.url,
                 echo=engine.echo,
+                hide_parameters=True,
                 connect_args=driver_connect_args(engine.url),
                 isolation_level="AUTOCOMMIT",
                 pool_pre_ping=False,

@@ -14,6 +14,7 @@ from config import get_settings
 from config.celery import TASK_QUEUES
 from lockman import LockManager
 from models import FINAL_STATES, TaskState, get_engine
+from models.secrets import redact
 from tasks import guards, records
 from tasks.celery import app
 from tasks.errors import BrokerUnavailableError, TaskNotFoundError
@@ -44,6 +45,10 @@ def enqueue(
     `claim`: what the request takes in the same transaction as the row (`records.create`). A kind
     that runs once at a time (`guards.GUARDED_KINDS`) also takes its guard there, and raises
     DuplicateTaskError, naming the task under way, instead of recording a second.
+
+    The message carries the args with their secrets masked (`models.secrets`): the broker and
+    Flower see which env names are set, never their values; the worker reads the whole args from
+    the row (`tasks.locking`).
     """
     engine = engine or get_engine()
     args = dict(args or {})
@@ -52,7 +57,7 @@ def enqueue(
         claim = _guarded(kind, claim)
     task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id, claim=claim, retry_of=retry_of)
     try:
-        app.send_task(task_name(kind), kwargs=args, task_id=task_id, queue=queue)
+        app.send_task(task_name(kind), kwargs=redact(args), task_id=task_id, queue=queue)
     except (KombuOperationalError, OSError) as err:
         records.finish(engine, task_id, TaskState.FAILED, message="Could not reach the broker", error=str(err))
         raise BrokerUnavailableError(f"task {task_id} recorded but not sent: broker unreachable ({err})") from err
@@ -73,7 +78,7 @@ def wake(task_ids: Sequence[str], *, engine: Engine | None = None) -> list[str]:
     engine = engine or get_engine()
     sent = []
     for row in records.waiting(engine, task_ids):
-        app.send_task(task_name(row.type), kwargs=row.args, task_id=row.id, queue=row.queue)
+        app.send_task(task_name(row.type), kwargs=redact(row.args), task_id=row.id, queue=row.queue)
         sent.append(row.id)
     return sent
 

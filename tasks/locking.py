@@ -27,9 +27,10 @@ from celery.exceptions import Ignore
 from config import get_settings
 from lockman import LockManager, LockPlanError, LockSet, lock_set
 from models import TaskState, get_engine
+from models.secrets import is_masked
 from tasks import records
 from tasks.celery import app
-from tasks.errors import TaskDefinitionError, TaskStopped
+from tasks.errors import TaskDefinitionError, TaskNotFoundError, TaskStopped
 from tasks.runner import Outcome, RunContext, Runtime, execute
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,21 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def task_args(ctx: RunContext, sent: Mapping[str, Any]) -> dict[str, Any]:
+    """The args the body runs with: the message's, or, when it masked secrets, the task row's.
+
+    `tasks.client` sends args with their secrets masked, so the broker and Flower never hold
+    them; the row keeps them whole. Read once the task runs (claimed, locks granted), so a
+    waiting task costs no read; a message without a mask is the args as they are.
+    """
+    if not is_masked(sent):
+        return dict(sent)
+    row = records.get(ctx.runtime.engine, ctx.task_id)
+    if row is None or not isinstance(row.args, dict):
+        raise TaskNotFoundError(f"task {ctx.task_id}: its row has no args to run with")
+    return dict(row.args)
+
+
 class LockedTask(Task):  # type: ignore[misc]
     """Base for locked tasks: runs the body through `tasks.runner`, mirrors progress to Flower."""
 
@@ -138,8 +154,9 @@ class LockedTask(Task):  # type: ignore[misc]
             records.finish(runtime.engine, task_id, TaskState.FAILED, message=f"Bad arguments: {err}", error=str(err))
             raise
         runtime.mirror = functools.partial(self._mirror, kwargs=kwargs)
+        body = type(self).body
         with stop_on_sigterm():
-            result = execute(runtime, task_id, self.kind, locks, lambda ctx: type(self).body(ctx, **kwargs))
+            result = execute(runtime, task_id, self.kind, locks, lambda ctx: body(ctx, **task_args(ctx, kwargs)))
         if result.outcome is Outcome.WAITING:
             self.send_event("task-waiting", message=result.message, kind=self.kind, result=result.message)
             raise Ignore()
@@ -195,4 +212,4 @@ def locked_task(
     return decorate
 
 
-__all__ = ["KINDS", "LockedTask", "RunContext", "check_plan", "locked_task", "render_plan"]
+__all__ = ["KINDS", "LockedTask", "RunContext", "check_plan", "locked_task", "render_plan", "task_args"]
