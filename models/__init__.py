@@ -13,6 +13,7 @@ from models.events import Event, Notification
 from models.lock import LockRequest, LockRow
 from models.platform import PlatformState
 from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskState
+from models.tasklog import TaskLogLine
 from models.token import ApiToken
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "PortBinding",
     "PortReservation",
     "Task",
+    "TaskLogLine",
     # task states
     "FINAL_STATES",
     "PROCESSLESS_STATES",

@@ -17,7 +17,9 @@ def _config() -> dict[str, Any]:
 
 
 app = Celery(
-    "boxtasks", include=["tasks.kinds", "tasks.signals", "tasks.control", "tasks.schedules"], set_as_current=False
+    "boxtasks",
+    include=["tasks.kinds", "tasks.signals", "tasks.tasklog", "tasks.control", "tasks.schedules"],
+    set_as_current=False,
 )
 # add_defaults takes a callable: the settings are read when the config is first needed, not at import.
 app.add_defaults(_config)
