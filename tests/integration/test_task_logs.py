@@ -231,3 +231,34 @@ def _reads_of_a_finished_log(api: ApiServer, token: str, task_id: str, streamed:
     assert (code, out) == (0, streamed)
     code, out, err = _cli(env, "task", "logs", str(uuid.uuid4()))
     assert code == 1 and out == "" and err.startswith("boxtasks: no task") and err.count("\n") == 1
+
+
+@pytest.mark.mariadb
+def test_a_dump_tools_output_goes_to_the_task_log(mariadb_url: str, tmp_path: Path) -> None:
+    """What mysqldump says on stderr is logged (and kept by the running task), not only raised."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from hosting.boxbackup import dump_database
+    from hosting.errors import DumpError
+
+    eng = create_engine(mariadb_url)
+    cap = Capture(eng, Bounds(head=100, tail=100), line_chars=500, flush_seconds=60)
+    logger = logging.getLogger("hosting.boxbackup")
+    logger.addHandler(cap)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # as in a worker run with `-l info`
+    try:
+        task_id = _new_task(eng)
+        cap.begin(task_id)
+        missing = make_url(mariadb_url).set(database=f"nope_{uuid.uuid4().hex[:8]}")
+        with pytest.raises(DumpError):
+            dump_database(missing, tmp_path)
+        cap.end(task_id)
+        text = _text(eng, task_id)
+        assert "hosting.boxbackup: mysqldump: " in text and "Unknown database" in text
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(cap)
+        cap.close()
+        eng.dispose()
