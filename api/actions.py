@@ -12,12 +12,20 @@ import importlib.util
 import logging
 import uuid
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from api.errors import BadRequestError, BrokerDownError, MissingError, NotAvailableError, StateError
+from api.errors import (
+    BadRequestError,
+    BrokerDownError,
+    DuplicateError,
+    MissingError,
+    NotAvailableError,
+    StateError,
+)
 from models import FINAL_STATES, App, Backup, PortReservation, Task
 
 logger = logging.getLogger(__name__)
@@ -281,10 +289,73 @@ def _check_limits(manifest: Any, cpu_shares: int | None, cpu_quota: int | None, 
 
 
 def platform_task(engine: Engine, kind: str, args: Mapping[str, Any] | None = None) -> Started:
+    """Start a platform task; one of its kind already queued, waiting or running answers DuplicateError (409)."""
+    from tasks.errors import DuplicateTaskError
+
     if kind not in PLATFORM_KINDS:
         raise BadRequestError(f"unknown platform task {kind!r}; use one of {', '.join(PLATFORM_KINDS)}")
     require_platform(kind)
-    return Started(_enqueue(engine, kind, dict(args or {}), app_id=None), None)
+    try:
+        return Started(_enqueue(engine, kind, dict(args or {}), app_id=None), None)
+    except DuplicateTaskError as err:
+        raise DuplicateError(str(err), task_id=err.task_id) from err
+
+
+# ---------------------------------------------------------------------------- retrying
+
+#: States a task may be retried from.
+RETRYABLE = frozenset({"failed", "interrupted", "cancelled"})
+#: The task being retried, while `retry` passes the request through the front door again: `_enqueue`
+#: records it on the new row. Set only inside `retry`, so the front-door functions keep their signatures.
+_retry_of: ContextVar[str | None] = ContextVar("retry_of", default=None)
+
+
+def retry(engine: Engine, task_id: str) -> Started:
+    """Start a failed, interrupted or cancelled task again with the same arguments, checked again.
+
+    The arguments go through the same front-door function as a new request (a retried install is
+    refused if its location was taken meanwhile); the new task's `retry_of` names the old one.
+    """
+    from tasks import records
+
+    row = records.get(engine, task_id)
+    if row is None:
+        raise MissingError(f"no task {task_id!r}: `boxtasks task list` shows the tasks")
+    if row.state not in RETRYABLE:
+        raise StateError(f"task {task_id} is {row.state}: only a failed, interrupted or cancelled task can be retried")
+    with engine.connect() as conn:
+        again = conn.execute(
+            select(Task.id).where(Task.retry_of == task_id, Task.state.in_(_ACTIVE)).limit(1)
+        ).scalar_one_or_none()
+    if again is not None:
+        raise DuplicateError(f"task {task_id} is being retried already: task {again}; follow it", task_id=again)
+    token = _retry_of.set(task_id)
+    try:
+        return _start_again(engine, str(row.type), dict(row.args or {}))
+    finally:
+        _retry_of.reset(token)
+
+
+def _start_again(engine: Engine, kind: str, args: dict[str, Any]) -> Started:
+    if kind in PLATFORM_KINDS:
+        return platform_task(engine, kind, args)
+    if kind != "apptask":
+        raise StateError(f"tasks of type {kind} are not retried: start a new one instead")
+    app_id, operation = str(args.get("app_id") or ""), str(args.get("operation") or "")
+    options = dict(args.get("options") or {})
+    if operation == "install":
+        return install(engine, options, app_id=app_id)
+    if operation == "configure":
+        return configure(engine, app_id, options)
+    if operation == "clone":
+        with engine.connect() as conn:
+            source = conn.execute(select(Backup.app_id).where(Backup.id == options.get("backupId"))).scalar()
+        if source is None:
+            gone = options.get("backupId")
+            raise MissingError(f"the backup {gone!r} that task cloned from is gone: start a new clone")
+        return clone(engine, source, {**options, "appId": app_id})
+    # Restoring an archive: the app is gone by design, as when it was first asked for.
+    return app_operation(engine, app_id, operation, options, precheck="archiveId" not in options)
 
 
 # ---------------------------------------------------------------------------- stopping
@@ -319,7 +390,7 @@ def _enqueue(engine: Engine, kind: str, args: dict[str, Any], *, app_id: str | N
     from tasks.errors import BrokerUnavailableError
 
     try:
-        task_id = client.enqueue(kind, args, app_id=app_id, engine=engine)
+        task_id = client.enqueue(kind, args, app_id=app_id, engine=engine, retry_of=_retry_of.get())
     except BrokerUnavailableError as err:
         raise BrokerDownError(f"{err}; start the broker and ask again") from err
     logger.info("enqueued %s %s (app %s)", kind, task_id, app_id)

@@ -74,15 +74,17 @@ def _add_metrics(app: FastAPI, settings: Settings, manager: Any) -> None:
         return Response(body, headers=headers)
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, extra: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **(extra or {})}, status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FrontError)
     async def front_error(_: Request, err: FrontError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-        return _error(err.status, err.code, err.message, headers)
+        return _error(err.status, err.code, err.message, headers, err.extra())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -17,6 +17,10 @@ class FrontError(Exception):
         super().__init__(message)
         self.message = message
 
+    def extra(self) -> dict[str, str]:
+        """Fields the answer carries besides `error` and `message` (none by default)."""
+        return {}
+
 
 class BadRequestError(FrontError):
     """The request is malformed in a way the schema cannot say (a bad manifest, a reserved port)."""
@@ -51,6 +55,17 @@ class StateError(FrontError):
 
     status = 409
     code = "conflict"
+
+
+class DuplicateError(StateError):
+    """A platform task of a kind that runs once at a time is already under way: the answer names it."""
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+    def extra(self) -> dict[str, str]:
+        return {"task_id": self.task_id}
 
 
 class NotAvailableError(FrontError):

@@ -42,6 +42,7 @@ _TASK_COLUMNS = (
     "worker",
     "pid",
     "locks",
+    "retry_of",
 )
 _TASK_TIMES = ("created_at", "started_at", "finished_at", "heartbeat_at", "stop_requested_at")
 

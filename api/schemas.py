@@ -78,6 +78,9 @@ class FullBackupRequest(_Request):
 class ErrorOut(BaseModel):
     error: str = Field(description="a short code: invalid, unauthorized, forbidden, not_found, conflict, ...")
     message: str = Field(description="what went wrong and what to do")
+    task_id: str | None = Field(
+        default=None, description="409 from a platform task already under way: that task's id, to follow"
+    )
 
 
 class StartedOut(BaseModel):
@@ -113,6 +116,8 @@ class TaskOut(BaseModel):
     finished_at: str | None
     heartbeat_at: str | None
     stop_requested_at: str | None
+    #: The task this one retries (`POST /tasks/{id}/retry`), if any.
+    retry_of: str | None = None
 
 
 class LogEntryOut(BaseModel):

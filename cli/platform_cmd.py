@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from api import actions, queries
+from api.errors import DuplicateError
 from cli.app_cmd import started
 from cli.output import print_json, print_table
 from models import get_engine
@@ -42,7 +43,20 @@ def platform_task(args: argparse.Namespace) -> int:
         task_args["app_ids"] = args.app_ids
     if args.kind == "update" and args.release_url:
         task_args["release_url"] = args.release_url
-    return started(args, args.kind, actions.platform_task(get_engine(), args.kind, task_args))
+    try:
+        result = actions.platform_task(get_engine(), args.kind, task_args)
+    except DuplicateError as err:
+        return already_under_way(args, err)
+    return started(args, args.kind, result)
+
+
+def already_under_way(args: argparse.Namespace, err: DuplicateError) -> int:
+    """One of the kind runs already: say which (its id on stdout with --json), exit 1; nothing was started."""
+    if args.json:
+        print_json({"task_id": err.task_id, "started": False, "message": err.message})
+    else:
+        sys.stderr.write(f"boxtasks: {err.message}\n  follow it: boxtasks task watch {err.task_id}\n")
+    return 1
 
 
 def list_backups(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`boxtasks task list|show|watch|wait|stop|logs`: follow and stop tasks, straight from the `tasks` table."""
+"""`boxtasks task list|show|watch|wait|stop|retry|logs`: follow and stop tasks, straight from the `tasks` table."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         ("watch", watch, "a live progress bar until the task ends (exit 0 when it succeeded)"),
         ("wait", wait, "wait until the task ends: exit 0 when it succeeded, 1 otherwise"),
         ("stop", stop, "stop a task (SIGTERM, then SIGKILL after the grace period)"),
+        ("retry", retry, "start a failed, interrupted or cancelled task again (its arguments checked again)"),
     ):
         p = tsub.add_parser(name, help=doc, parents=[common])
         p.add_argument("task_id", metavar="ID")
@@ -124,6 +125,18 @@ def stop(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"task {args.task_id}: {state}\n")
     return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    from api.errors import DuplicateError
+    from cli.app_cmd import started
+    from cli.platform_cmd import already_under_way
+
+    try:
+        result = actions.retry(get_engine(), args.task_id)
+    except DuplicateError as err:
+        return already_under_way(args, err)
+    return started(args, f"retry of {args.task_id}", result)
 
 
 def logs(args: argparse.Namespace) -> int:

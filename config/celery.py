@@ -6,6 +6,7 @@ from typing import Any
 
 from celery.schedules import crontab
 
+from config.filemodes import private_dir
 from config.settings import Settings
 
 #: One queue per kind of work, so a long full backup never stands in front of an app install.
@@ -21,6 +22,7 @@ TASK_QUEUES = {
     "boxtasks.sweep": "maintenance",
     "boxtasks.check_alerts": "maintenance",
     "boxtasks.nightly_fullbackup": "maintenance",
+    "boxtasks.prune_history": "maintenance",
 }
 
 
@@ -29,7 +31,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         return {}
     root = settings.resolved_data_dir / "broker"
     for sub in ("queue", "processed", "control"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(root / sub)
     return {
         "data_folder_in": str(root / "queue"),
         "data_folder_out": str(root / "queue"),
@@ -41,7 +43,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """What celery beat sends: the lock sweep, the alert checks and (unless off) the nightly full backup.
+    """What celery beat sends: the lock sweep, the alert checks, history pruning and (unless off) the nightly backup.
 
     The nightly task only enqueues a `fullbackup` like the API does (tasks/schedules.py). Backup
     retention has no entry of its own: each full backup applies it when it ends (hosting).
@@ -49,6 +51,7 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     schedule: dict[str, Any] = {
         "lock-sweep": {"task": "boxtasks.sweep", "schedule": settings.sweep_seconds},
         "alert-checks": {"task": "boxtasks.check_alerts", "schedule": settings.alert_check_seconds},
+        "history-prune": {"task": "boxtasks.prune_history", "schedule": settings.history_prune_hours * 3600},
     }
     if settings.backup_time is not None:
         hour, minute = settings.backup_time
@@ -71,7 +74,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     * track_started + task events: Flower shows STARTED and our custom PROGRESS/WAITING states.
     * No result backend is polled by clients: the `tasks` table is the record.
     """
-    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.resolved_data_dir)
     return {
         "broker_url": settings.effective_broker_url,
         "broker_transport_options": broker_transport_options(settings),

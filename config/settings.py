@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     docker_timeout_seconds: float = Field(default=120.0, gt=0, description="one Docker API call, pulls included")
     app_network: str = Field(default="bridge", min_length=1, description="network app containers join")
     app_stop_timeout_seconds: int = Field(default=10, ge=0, le=600, description="SIGTERM to SIGKILL on stop")
+    oom_watch: bool = Field(
+        default=True, description="celery beat watches the Docker engine for app containers killed out of memory"
+    )
 
     # Admin email: what needs an admin now goes over SMTP (smtplib); empty host: email is off.
     smtp_host: str = Field(default="", description="SMTP relay for admin email; empty disables email")
@@ -97,6 +100,17 @@ class Settings(BaseSettings):
     backup_stale_hours: float = Field(
         default=6.0, gt=0, description="a `creating` backup this old, no live task: error"
     )
+
+    # History: how long finished tasks, eventlog entries and notifications are kept (beat prunes daily).
+    retain_tasks_days: int = Field(default=180, ge=1, le=36500, description="finished tasks older than this go")
+    retain_eventlog_days: int = Field(
+        default=365, ge=1, le=36500, description="eventlog entries older than this go (unless a notification needs one)"
+    )
+    retain_notifications_days: int = Field(
+        default=180, ge=1, le=36500, description="notifications older than this go (alerts stay until cleared)"
+    )
+    history_batch_rows: int = Field(default=5000, ge=100, le=100_000, description="rows deleted per transaction")
+    history_prune_hours: float = Field(default=24.0, gt=0, description="how often beat prunes the history")
 
     # The platform itself: its releases (update) and its shared services (platformstart).
     release_url: str = Field(default="", description="release tarball URL (file://, http(s)://); empty: none set")

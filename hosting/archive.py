@@ -5,6 +5,14 @@ structure) and only then renamed into place, so a crash at any point leaves eith
 complete one, never a half file under the final name. Reading verifies the same way before anything
 is extracted, so a corrupt archive is refused before it touches the target.
 
+An archive restores only inside its target (`check_members`, run by `verify` and again by `extract`
+over every member before the first is written): a name that is absolute or climbs out with `..`,
+a link that leads out of its top-level directory (or a member reached through a link), a device or
+other special file, a set-uid/set-gid/sticky mode, or a name given twice makes the archive corrupt.
+The writer never stores such a member (special bits cleared, specials and escaping links left out
+with a warning), so a backup it made can always be restored.
+Archives are 0600 and the directories made for them 0700: a box backup holds the whole database.
+
 gzip (stdlib) rather than zstd: no extra native dependency, and every rescue system can open it.
 """
 
@@ -17,15 +25,18 @@ import io
 import json
 import logging
 import os
+import posixpath
 import shutil
+import stat
 import tarfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from config.filemodes import create_private_file, private_dir
 from hosting.errors import CorruptBackupError, StorageError
 
 logger = logging.getLogger(__name__)
@@ -93,10 +104,11 @@ class _HashingReader(io.RawIOBase):
 
 def write(dest: Path, contents: Contents) -> Written:
     """Write `contents` as a .tar.gz at `dest` (temp name, fsync, verify, rename); return its size and sum."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dest.parent)
     tmp = dest.with_name(f"{TEMP_PREFIX}{dest.name}")
+    _unlink_quietly(tmp)  # a crashed writer's leftover may have another mode: start afresh
     try:
-        with open(tmp, "wb") as raw:
+        with os.fdopen(create_private_file(tmp), "wb") as raw:
             hashing = _HashingWriter(raw)
             with (
                 gzip.GzipFile(fileobj=hashing, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0) as gz,
@@ -105,10 +117,10 @@ def write(dest: Path, contents: Contents) -> Written:
                 for arcname, document in contents.documents.items():
                     _add_bytes(tar, arcname, json.dumps(document, sort_keys=True, indent=1).encode())
                 for arcname, path in contents.files.items():
-                    tar.add(str(path), arcname=arcname, recursive=False)
+                    tar.add(str(path), arcname=arcname, recursive=False, filter=_storable)
                 for arcname, directory in contents.dirs.items():
                     if directory.is_dir():
-                        tar.add(str(directory), arcname=arcname, recursive=True)
+                        tar.add(str(directory), arcname=arcname, recursive=True, filter=_storable)
                     else:
                         _add_dir(tar, arcname)
             raw.flush()
@@ -129,15 +141,18 @@ def write(dest: Path, contents: Contents) -> Written:
     return written
 
 
-def verify(path: Path, *, sha256: str | None, size: int | None = None) -> None:
-    """Read the whole archive: the checksum and size match, gzip's CRC holds, every tar member reads."""
+def verify(path: Path, *, sha256: str | None, size: int | None = None) -> list[tarfile.TarInfo]:
+    """Read the whole archive: the checksum and size match, gzip's CRC holds, every tar member reads and
+    stays inside its target (`check_members`). Returns the members, for a caller's checks of its layout."""
     if not path.is_file():
         raise CorruptBackupError(f"backup archive {path} is missing; this backup cannot be used")
+    members: list[tarfile.TarInfo] = []
     try:
         with open(path, "rb") as raw:
             reader = _HashingReader(raw)
             with tarfile.open(fileobj=io.BufferedReader(reader, _CHUNK), mode="r|gz") as tar:
                 for member in tar:
+                    members.append(member)
                     if member.isfile():
                         fileobj = tar.extractfile(member)
                         assert fileobj is not None
@@ -156,6 +171,8 @@ def verify(path: Path, *, sha256: str | None, size: int | None = None) -> None:
             f"backup archive {path} fails its checksum (sha256 {reader.hash.hexdigest()}, recorded {sha256}); "
             "it is refused and nothing was restored"
         )
+    check_members(members, f"backup archive {path}")
+    return members
 
 
 def read_document(path: Path, arcname: str) -> Any:
@@ -173,20 +190,56 @@ def read_document(path: Path, arcname: str) -> Any:
 
 
 def extract(path: Path, dest: Path) -> None:
-    """Extract everything into `dest` (which must not exist), keeping modes, owners, times and links."""
+    """Extract everything into `dest` (which must not exist), keeping modes (but special bits), owners,
+    times and links. Every member is checked before the first is written: a refused archive writes nothing."""
     try:
-        dest.mkdir(parents=True)
         with tarfile.open(path, mode="r:gz") as tar:
-            tar.extractall(str(dest), filter=_inside(dest), numeric_owner=True)
+            members = tar.getmembers()
+            check_members(members, f"backup archive {path}")
+            private_dir(dest.parent)
+            dest.mkdir(mode=0o700)
+            tar.extractall(str(dest), members=members, filter=_restorable, numeric_owner=True)
+    except CorruptBackupError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
     except tarfile.FilterError as err:
         shutil.rmtree(dest, ignore_errors=True)
-        raise CorruptBackupError(f"backup archive {path} has a member that escapes its target: {err}") from err
+        raise CorruptBackupError(
+            f"backup archive {path} is corrupt: {err}; it is refused and nothing was restored"
+        ) from err
     except (tarfile.TarError, EOFError, zlib.error) as err:
         shutil.rmtree(dest, ignore_errors=True)
         raise CorruptBackupError(f"backup archive {path} is corrupt ({err}); nothing was restored") from err
     except OSError as err:
         shutil.rmtree(dest, ignore_errors=True)
         raise StorageError(f"cannot extract backup archive {path} into {dest}: {err}") from err
+
+
+def check_members(members: Iterable[tarfile.TarInfo], what: str) -> None:
+    """Refuse the archive (CorruptBackupError naming the member) unless every member stays inside its target.
+
+    `what` names the archive in the message ("backup archive /path").
+
+    Order does not matter: a link named after the file that goes through it is caught all the same.
+    """
+    listed = list(members)
+    kinds: dict[str, tarfile.TarInfo] = {}
+    for member in listed:
+        reason = _refusal(member) or ("appears twice in the archive" if _name(member) in kinds else None)
+        if reason is None and member.islnk():
+            target = kinds.get(posixpath.normpath(member.linkname))
+            if target is None or not target.isreg():
+                reason = f"is a hard link to {member.linkname!r}, which is no regular file earlier in the archive"
+        if reason is not None:
+            _refuse(what, member, reason)
+        kinds[_name(member)] = member
+    for member in listed:
+        parts = _name(member).split("/")
+        for depth in range(1, len(parts)):
+            above = kinds.get("/".join(parts[:depth]))
+            if above is not None and not above.isdir():
+                kind = "link" if above.issym() or above.islnk() else "file"
+                _refuse(what, member, f"lies under {above.name!r}, which is a {kind}, not a directory")
 
 
 def remove(path: Path) -> bool:
@@ -221,15 +274,66 @@ def staging(beside: Path, name: str) -> Iterator[Path]:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _inside(dest: Path) -> Any:
-    """tarfile's `data` filter for its safety checks (no absolute paths, nothing outside `dest`, no
-    devices), but the member itself kept as written, so modes and owners come back byte for byte."""
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
-    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
-        tarfile.data_filter(member, path)
-        return member
 
-    return check
+def _name(member: tarfile.TarInfo) -> str:
+    return posixpath.normpath(member.name)
+
+
+def _refusal(member: tarfile.TarInfo) -> str | None:
+    """Why `member` on its own cannot be restored safely, or None."""
+    name = member.name
+    if not name or name.startswith("/") or "\x00" in name:
+        return "has an absolute or empty name"
+    normal = posixpath.normpath(name)
+    if normal in (".", "..") or ".." in name.split("/"):
+        return "climbs out of the target with '..'"
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        return "is a device, FIFO or other special file"
+    if member.mode & _SPECIAL_BITS:
+        return f"has a set-uid, set-gid or sticky mode ({member.mode:o})"
+    if member.issym():
+        # A link stays inside the top-level directory it lies in: only that is restored as a whole.
+        target = member.linkname
+        top = normal.split("/", 1)[0]
+        if normal == top:
+            return f"is a link ({target!r}) at the top of the archive"
+        if not target or target.startswith("/"):
+            return f"is a link to the absolute path {target!r}"
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(normal), target))
+        if resolved != top and not resolved.startswith(top + "/"):
+            return f"is a link to {target!r}, outside {top!r}"
+    if member.islnk() and (member.linkname.startswith("/") or ".." in member.linkname.split("/")):
+        return f"is a hard link to {member.linkname!r}, outside the archive"
+    return None
+
+
+def _refuse(what: str, member: tarfile.TarInfo, reason: str) -> None:
+    raise CorruptBackupError(f"{what} is corrupt: member {member.name!r} {reason}; it is refused")
+
+
+def _restorable(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """What is extracted: the `data` filter's member (its checks against the disk as it is now, its name
+    and link), with the archive's owners and permission bits put back, since an app's data needs them and
+    the filter drops owners and rewrites modes. Special bits never come back (`check_members` refused them)."""
+    safe = tarfile.data_filter(member, dest)
+    mode = stat.S_IMODE(member.mode) & ~_SPECIAL_BITS  # (a link's is never applied)
+    return safe.replace(mode=mode, uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname, deep=False)
+
+
+def _storable(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """What goes into an archive: nothing `check_members` would refuse, so every backup made restores.
+
+    Set-uid/set-gid/sticky bits are cleared; devices, FIFOs and links that lead out of the app's
+    data cannot be restored safely, so they are left out, each with a warning.
+    """
+    member = member.replace(mode=member.mode & ~_SPECIAL_BITS, deep=False)
+    reason = _refusal(member)
+    if reason is not None:
+        logger.warning("backup: %r left out of the archive: it %s", member.name, reason)
+        return None
+    return member
 
 
 def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:

@@ -3,8 +3,9 @@
 The row is written `creating` before the first byte, and marked `normal` (with size and sha256)
 only after the archive is complete, fsynced, read back and renamed into place (`hosting.archive`).
 A task killed half-way leaves a `creating` row and at most a temp file: `cleanup_stale` turns it
-into `error` once its task is gone. Every backup end, success included, goes through
-`notify.backup_finished`, whose rule counts the latest ends ("the last 5 backups failed").
+into `error` once its task is gone. Every backup end, success included, is written to the eventlog
+(`notify.backup_finished`); every backup *run* end (one app backup task, one full backup task) goes
+through `notify.backup_run_finished`, whose rule counts the latest runs ("the last 5 backups failed").
 
 Also here: the `backup` app operation and the full backup's three steps that `tasks.kinds` calls.
 """
@@ -224,9 +225,17 @@ def usable(conn: Connection, settings: Settings, bid: str, *, kind: str = "app")
 
 
 def verify(settings: Settings, row: Any) -> Path:
-    """The archive of `row`, read in full against its recorded checksum and size."""
+    """The archive of `row`, read in full against its recorded checksum and size, every member inside
+    its target; an app backup's `data` is a directory (it becomes the app's data directory)."""
     path = file_of(settings, row.path)
-    archive.verify(path, sha256=row.checksum, size=row.size)
+    members = archive.verify(path, sha256=row.checksum, size=row.size)
+    if row.type == "app":
+        for member in members:
+            if member.name.rstrip("/") in (DATA, f"./{DATA}") and not member.isdir():
+                raise CorruptBackupError(
+                    f"backup archive {path} is corrupt: its {DATA!r} is not a directory; "
+                    "it is refused and nothing was restored"
+                )
     return path
 
 
@@ -241,8 +250,14 @@ def backup(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: 
     parse(NoOptions, "backup", options)
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, "backup")
+    series = notify.app_series(app_id)
     try:
         record = create_app_backup(ctx, box, app_id, percent=(10, 90))
+    except LockLostError:
+        raise
+    except Exception as err:
+        run_ended(ctx, box.settings, series, error=str(err) or err.__class__.__name__, app_id=app_id)
+        raise
     finally:
         # A backup changes nothing in the app, so whatever happened it is as it was: installed.
         try:
@@ -250,6 +265,7 @@ def backup(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: 
                 appstate.succeed(conn, app_id, "backup")
         except LockLostError:
             pass
+    run_ended(ctx, box.settings, series, error=None, app_id=app_id)
     ctx.progress(100, f"Backed up as {record.id}")
     return {"appId": app_id, "backupId": record.id, "size": record.size, "checksum": record.sha256}
 
@@ -288,11 +304,40 @@ def backup_app_for_full_backup(ctx: TaskContext, app_id: str, *, box: Box | None
     return {"backupId": record.id, "size": record.size}
 
 
+def run_ended(ctx: TaskContext, settings: Settings, series: str, *, error: str | None, app_id: str | None) -> None:
+    """Record the end of this task's backup run (`notify.backup_run_finished`), then send its email."""
+    source = {"taskId": ctx.task_id, "appId": app_id} if app_id else {"taskId": ctx.task_id}
+    try:
+        with ctx.fenced() as conn:
+            outcome = notify.backup_run_finished(
+                conn, settings, task_id=ctx.task_id, series=series, error=error, source=source
+            )
+    except LockLostError:  # the task lost its locks: it may write nothing; the run goes unrecorded
+        logger.warning("task %s lost its locks: the end of its backup run is not recorded", ctx.task_id)
+        return
+    notify.deliver(settings, outcome)
+
+
 def finish_full_backup(ctx: TaskContext, report: FullBackupReport, *, box: Box | None = None) -> dict[str, Any]:
-    """The box backup (listing the app backups it depends on), then retention and stale cleanup."""
+    """The box backup (listing the app backups it depends on), then retention and stale cleanup.
+
+    This is where a full backup run ends, failed (an app or the box backup failed) or not.
+    """
+    box = resolve(box)
+    try:
+        result = _finish_full_backup(ctx, report, box)
+    except LockLostError:
+        raise
+    except Exception as err:
+        run_ended(ctx, box.settings, notify.FULL_BACKUP_SERIES, error=str(err) or err.__class__.__name__, app_id=None)
+        raise
+    run_ended(ctx, box.settings, notify.FULL_BACKUP_SERIES, error=None, app_id=None)
+    return result
+
+
+def _finish_full_backup(ctx: TaskContext, report: FullBackupReport, box: Box) -> dict[str, Any]:
     from hosting import boxbackup, retention
 
-    box = resolve(box)
     depends = [r["backupId"] for r in report.results.values() if isinstance(r, dict) and "backupId" in r]
     failed = {a: r["error"] for a, r in report.results.items() if isinstance(r, dict) and "error" in r}
     ctx.progress(90, "Backing up the platform's database")

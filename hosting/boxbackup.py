@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import insert
 from sqlalchemy.engine import URL, make_url
 
+from config.filemodes import create_private_file, private_dir
 from hosting import archive
 from hosting.backups import BackupRecord, BackupState, backup_id, storage_path, write_or_fail
 from hosting.box import Box
@@ -56,7 +57,8 @@ def create_box_backup(ctx: TaskContext, box: Box, *, depends_on: list[str], vers
                 task_id=ctx.task_id,
             )
         )
-    box.settings.resolved_backup_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(box.settings.resolved_backup_dir)
+    # tempfile makes the directory 0700, and the dump in it 0600 at creation (`_run`, `_sqlite_backup`).
     with tempfile.TemporaryDirectory(dir=box.settings.resolved_backup_dir, prefix=".dump-") as tmp:
         source = {"taskId": ctx.task_id, "type": "box"}
         try:
@@ -88,9 +90,8 @@ def _mysqldump(url: URL, dest: Path) -> Path:
     tool = shutil.which("mysqldump") or shutil.which("mariadb-dump")
     if tool is None:
         raise DumpError("mysqldump is not installed; install the MariaDB/MySQL client (apt-get install mariadb-client)")
-    # The password goes in an option file readable by us only, never on the command line.
+    # The password goes in an option file readable by us only (tempfile makes it 0600), never on the command line.
     with tempfile.NamedTemporaryFile("w", prefix=".my-", suffix=".cnf", dir=dest.parent, delete=False) as cnf:
-        os.chmod(cnf.name, 0o600)
         cnf.write("[client]\n")
         cnf.write(f"user={url.username or 'root'}\n")
         if url.password:
@@ -143,6 +144,7 @@ def _sqlite_backup(url: URL, dest: Path) -> Path:
     if not url.database or url.database == ":memory:":
         raise DumpError("an in-memory SQLite database cannot be backed up")
     try:
+        os.close(create_private_file(dest))  # 0600 before SQLite writes the first page into it
         source = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True, timeout=30)
         try:
             target = sqlite3.connect(dest)
@@ -152,13 +154,17 @@ def _sqlite_backup(url: URL, dest: Path) -> Path:
                 target.close()
         finally:
             source.close()
-    except sqlite3.Error as err:
+    except (sqlite3.Error, OSError) as err:
         raise DumpError(f"cannot back up the SQLite database {url.database}: {err}") from err
     return dest
 
 
 def _run(args: list[str], dest: Path, *, env: dict[str, str] | None, what: str) -> None:
-    with open(dest, "wb") as out:
+    try:
+        fd = create_private_file(dest)  # the dump is the whole database: 0600 before the tool writes a byte
+    except OSError as err:
+        raise DumpError(f"cannot create {dest} for {what}: {err}") from err
+    with os.fdopen(fd, "wb") as out:
         try:
             proc = subprocess.run(
                 args, stdout=out, stderr=subprocess.PIPE, env=env, timeout=DUMP_TIMEOUT_SECONDS, check=False

@@ -6,15 +6,21 @@ import logging
 import shutil
 from pathlib import Path
 
+from config.filemodes import private_dir
 from hosting.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
 
 def make(path: Path) -> Path:
-    """Create the directory (and its parents) if missing; the app's data survives a repair or retry."""
+    """Create the directory (and its parents) if missing; the app's data survives a repair or retry.
+
+    The parents (the platform's data dir, `apps`, the app's own) are 0700: no other local user reaches
+    an app's files. `data` itself is 0755, what the app in its container expects of a fresh volume.
+    """
     try:
-        (path / "data").mkdir(parents=True, exist_ok=True, mode=0o755)
+        private_dir(path)
+        (path / "data").mkdir(exist_ok=True, mode=0o755)
     except OSError as err:
         raise StorageError(
             f"cannot create the app data directory {path}: {err.strerror}; check BOXTASKS_DATA_DIR and free space"

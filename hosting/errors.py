@@ -9,7 +9,8 @@
 - `StorageError`: the app's data directory could not be made or removed (same: `error`, retry).
 - `NotifyError`: admin email could not be sent.
 - `BackupError`: a backup could not be made, read or restored (`CorruptBackupError`: its archive
-  fails its checksum; nothing was restored). `DumpError`: the platform database could not be dumped.
+  fails its checksum or holds a member that would land outside its target; nothing was restored).
+  `DumpError`: the platform database could not be dumped.
 - `ReleaseError`: a platform release could not be fetched or failed verification; nothing changed.
 - `InfraError`: an infra container could not be brought to its version.
 
@@ -125,7 +126,8 @@ class BackupNotFoundError(BackupError, NotFoundError):
 
 
 class CorruptBackupError(BackupError):
-    """The backup's archive is missing, truncated or fails its checksum: it is refused, nothing was restored."""
+    """The backup's archive is missing, truncated, fails its checksum, or has a member that would land outside
+    its target (absolute, `..`, a link out, a device, a set-uid mode): it is refused, nothing was restored."""
 
 
 class DumpError(BackupError):

@@ -26,10 +26,13 @@ class Action(enum.StrEnum):
     APP_UPDATE_AVAILABLE = "app.update_available"
     APP_OOM = "app.oom"
     BACKUP_FINISH = "backup.finish"
+    #: One backup run ended: a full backup task (all its app backups), or one app backup task.
+    BACKUP_RUN = "backup.run"
     CERT_RENEWAL = "cert.renewal"
     PLATFORM_UPDATE_AVAILABLE = "platform.update_available"
     PLATFORM_UPDATE = "platform.update"
     BACKUP_CLEANUP = "backup.cleanup"
+    TASK_INTERRUPTED = "task.interrupted"
     ALERT_RAISED = "alert.raised"
     ALERT_CLEARED = "alert.cleared"
 

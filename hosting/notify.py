@@ -7,10 +7,17 @@ The rules (DESIGN.md, "Data the seed asks for"):
 | app OOM | yes | yes | no |
 | app updated | yes | yes | no |
 | cert renewal failed | yes | only under 10 days left | same as notification |
-| backup finished/failed | yes | only when the last 5 backups failed | same as notification |
+| one backup ended | yes | no | no |
+| a backup run ended | yes | only when the last 5 runs of its series failed | same as notification |
 | platform update available | yes | yes | no |
 | platform updated | yes | yes | no |
 | app update available | yes | no | no |
+| task interrupted (worker killed, host lost) | yes | yes | no |
+
+A backup *run* is one full backup task (all its app backups and the box backup) or one app backup
+task; runs form series (`FULL_BACKUP_SERIES`, `app_series(app_id)`), and each run's end is one
+`backup.run` event naming its task. So one full backup of 5 failing apps is one failed run (not
+news the first night), and an app that fails five nights running fails five full backup runs.
 
 Alerts are notifications with a kind, one row per kind (unique `alert_kind`), cleared when the
 condition clears. Each rule writes in the caller's transaction and returns an `Outcome` whose
@@ -22,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -33,14 +40,21 @@ from sqlalchemy.exc import IntegrityError
 from config import Settings
 from hosting import mailer
 from hosting.events import Action, record
-from models import Event, Notification
+from models import App, Event, Notification, PlatformState, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
 #: A failed cert renewal is news only when fewer days than this remain.
 CERT_NOTIFY_DAYS = 10
-#: A failed backup is news only when this many of the latest backups failed in a row.
+#: A failed backup run is news only when this many of the latest runs of its series failed in a row.
 BACKUP_FAILURES_TO_NOTIFY = 5
+#: The series of full backup runs; an app's own backup runs are `app_series(app_id)`.
+FULL_BACKUP_SERIES = "fullbackup"
+
+
+def app_series(app_id: str) -> str:
+    """The series of an app's own backup runs (the `backup` app operation)."""
+    return f"app:{app_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +137,107 @@ def backup_finished(
     error: str | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> Outcome:
-    """A backup ended: news (notification and email) only when it and the 4 before it all failed."""
-    event_id = record(conn, Action.BACKUP_FINISH, source=source, data={"backupId": backup_id, "errorMessage": error})
-    if not error:
+    """One backup (an app's or the box's) ended: eventlog only. News is per run (`backup_run_finished`)."""
+    return Outcome(
+        record(conn, Action.BACKUP_FINISH, source=source, data={"backupId": backup_id, "errorMessage": error})
+    )
+
+
+def backup_run_finished(
+    conn: Connection,
+    settings: Settings,
+    *,
+    task_id: str,
+    series: str,
+    error: str | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> Outcome:
+    """A backup run ended: news (notification and email) only when it and the 4 runs of its series before it failed.
+
+    The run is the task `task_id`; `series` is `FULL_BACKUP_SERIES` or `app_series(app_id)`.
+    """
+    data = {"series": series, "taskId": task_id, "failed": error is not None, "errorMessage": error}
+    event_id = record(conn, Action.BACKUP_RUN, source=source, data=data)
+    if error is None:
         return Outcome(event_id)
     latest = conn.execute(
         select(Event.data)
-        .where(Event.action == Action.BACKUP_FINISH.value)
+        .where(Event.action == Action.BACKUP_RUN.value, Event.data["series"].as_string() == series)
         .order_by(Event.id.desc())
         .limit(BACKUP_FAILURES_TO_NOTIFY)
     ).scalars()
-    failed = sum(1 for data in latest if (data or {}).get("errorMessage"))
+    failed = sum(1 for run in latest if (run or {}).get("failed"))
     if failed < BACKUP_FAILURES_TO_NOTIFY:
-        logger.info("backup failed (%d of the last %d failed): logged only", failed, BACKUP_FAILURES_TO_NOTIFY)
+        logger.info(
+            "backup run %s of %s failed (%d of the last %d failed): logged only",
+            task_id,
+            series,
+            failed,
+            BACKUP_FAILURES_TO_NOTIFY,
+        )
         return Outcome(event_id)
-    title = f"The last {BACKUP_FAILURES_TO_NOTIFY} backups failed"
-    return _urgent(conn, settings, event_id, title, f"Last error: {error}. Check the backup configuration.")
+    if series == FULL_BACKUP_SERIES:
+        title = f"The last {BACKUP_FAILURES_TO_NOTIFY} full backups failed"
+    else:
+        title = f"The last {BACKUP_FAILURES_TO_NOTIFY} backups of app {series.removeprefix('app:')} failed"
+    message = f"Last error (task {task_id}): {error}. Check the backup configuration and the apps named."
+    return _urgent(conn, settings, event_id, title, message)
+
+
+def task_interrupted(
+    conn: Connection, *, task_id: str, kind: str, app_id: str | None, reason: str, operation: str | None = None
+) -> Outcome:
+    """A task's process died under it: notification naming the task and the state it left behind, no email."""
+    what = f"{kind} {operation}" if operation else kind
+    if app_id:
+        app = conn.execute(select(App.installation_state, App.run_state).where(App.id == app_id)).first()
+        if app is None:
+            left = f"App {app_id} no longer exists."
+        else:
+            left = f"App {app_id} is now {app.installation_state} ({app.run_state})."
+            if str(app.installation_state).startswith("pending_"):
+                again = str(app.installation_state).removeprefix("pending_")
+                left += f" Issue {again} again (boxtasks task retry {task_id}), or repair or uninstall it."
+        title = f"Task {what} of app {app_id} was interrupted"
+    else:
+        platform = conn.execute(select(PlatformState.version, PlatformState.ready)).first()
+        left = (
+            "The platform has no recorded state yet."
+            if platform is None
+            else f"The platform is at version {platform.version}, {'ready' if platform.ready else 'not ready'}."
+        )
+        left += f" Retry it with `boxtasks task retry {task_id}`."
+        title = f"Task {what} was interrupted"
+    data = {"taskId": task_id, "type": kind, "operation": operation, "appId": app_id, "reason": reason, "left": left}
+    event_id = record(conn, Action.TASK_INTERRUPTED, source={"taskId": task_id, "app_id": app_id}, data=data)
+    message = f"Task {task_id} stopped before it finished: {reason}. {left}"
+    return Outcome(event_id, _notification(conn, event_id, title, message))
+
+
+def report_interrupted(engine: Engine, task_ids: Sequence[str], *, reason: str) -> list[Outcome]:
+    """`task_interrupted` for each task that ended `interrupted` (a stop asked for is no news).
+
+    Each in a transaction of its own; a failure is logged, never raised: the caller is freeing the
+    dead task's locks, and that must go on.
+    """
+    outcomes: list[Outcome] = []
+    for task_id in task_ids:
+        try:
+            with engine.begin() as conn:
+                row = conn.execute(
+                    select(Task.type, Task.app_id, Task.args, Task.state).where(Task.id == task_id)
+                ).first()
+                if row is None or row.state != TaskState.INTERRUPTED.value:
+                    continue
+                operation = (row.args or {}).get("operation") if row.type == "apptask" else None
+                outcomes.append(
+                    task_interrupted(
+                        conn, task_id=task_id, kind=row.type, app_id=row.app_id, reason=reason, operation=operation
+                    )
+                )
+        except Exception:
+            logger.exception("could not record the notification of interrupted task %s", task_id)
+    return outcomes
 
 
 def platform_update_available(conn: Connection, *, version: str, changelog: str = "") -> Outcome:

@@ -1,6 +1,9 @@
 """Watch Docker's event stream for app containers killed for lack of memory, and notify.
 
-Run it in a long-lived process (a worker's side thread, or `beat`): `watch_oom(box, engine, stop=event)`.
+Run it in a long-lived process: `watch_oom(box, engine, stop=event)` reads one event stream;
+`watch_forever` reads it again after the engine restarts or drops the stream, from where it left off.
+celery beat runs `watch_forever` in a thread (`tasks.schedules`): beat is the one process per
+deployment, and a deployment has one Docker engine, so every OOM is recorded once.
 An app that keeps running out of memory (its restart policy brings it back) is notified once per
 `repeat_after` seconds; every OOM is still written to the eventlog.
 """
@@ -31,10 +34,14 @@ def watch_oom(
     stop: threading.Event | None = None,
     repeat_after: float = 3600.0,
     on_outcome: Callable[[str, Outcome], None] | None = None,
+    since: float | None = None,
+    last_notified: dict[str, float] | None = None,
 ) -> int:
     """Consume OOM events of app containers until `stop` is set or `duration` seconds passed.
 
     Returns how many OOM events were recorded. `on_outcome(app_id, outcome)` is called after each.
+    `since` (epoch seconds, default now) replays what the engine saw from then on; `last_notified`
+    carries the quiet periods over from an earlier stream.
     """
     if duration is None and stop is None:
         raise ValueError("watch_oom needs a stop event or a duration, or it never returns")
@@ -42,7 +49,7 @@ def watch_oom(
     until = start + duration if duration is not None else None
     stream = box.docker.events(
         filters={"type": ["container"], "event": ["oom"], "label": [LABEL_APP_ID]},
-        since=start,
+        since=start if since is None else since,
         until=until,
     )
     stop = stop or threading.Event()
@@ -56,7 +63,7 @@ def watch_oom(
                 return
 
     threading.Thread(target=closer, name="oom-watch-closer", daemon=True).start()
-    last_notified: dict[str, float] = {}
+    last_notified = {} if last_notified is None else last_notified
     recorded = 0
     try:
         for event in stream:
@@ -83,6 +90,42 @@ def watch_oom(
     finally:
         done.set()
         _close(stream)
+    return recorded
+
+
+def watch_forever(
+    box: Box,
+    engine: Engine,
+    *,
+    stop: threading.Event,
+    retry_seconds: float = 10.0,
+    on_outcome: Callable[[str, Outcome], None] | None = None,
+) -> int:
+    """`watch_oom` until `stop` is set, opening the stream again whenever it ends or fails.
+
+    A stream that ended by itself (the engine restarted) delivered everything up to its end: the
+    next starts there. After a failure the next stream starts where the last good one ended, so an
+    OOM while the engine or the database was away is still recorded (at least once: events a
+    failed stream had recorded are replayed). An engine that cannot be reached is asked again
+    every `retry_seconds`. Returns how many OOM events were recorded.
+    """
+    recorded = 0
+    since = time.time()
+    quiet: dict[str, float] = {}
+    failures = 0
+    while not stop.is_set():
+        try:
+            recorded += watch_oom(box, engine, stop=stop, since=since, last_notified=quiet, on_outcome=on_outcome)
+            since = time.time()
+            failures = 0
+        except Exception as err:
+            failures += 1
+            # Said once at warning level, then quietly: an engine that is down stays down a while.
+            log = logger.warning if failures == 1 else logger.debug
+            log("OOM watch on %s failed (%s); trying again every %.0fs", box.docker.base_url, err, retry_seconds)
+            stop.wait(retry_seconds)
+            continue
+        stop.wait(min(retry_seconds, 1.0))
     return recorded
 
 

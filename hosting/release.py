@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings
-from hosting import infra
-from hosting.errors import InputError, ReleaseError, ReleaseVerifyError
+from config.filemodes import private_dir
+from hosting import archive, infra
+from hosting.errors import CorruptBackupError, InputError, ReleaseError, ReleaseVerifyError
 from hosting.manifest import SEMVER
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def load(url: str, work_dir: Path, settings: Settings) -> Release:
     """Fetch the release at `url` with its checksum (and signature), verify both, parse its manifest."""
     if not url:
         raise ReleaseError("no release URL: pass release_url, or set BOXTASKS_RELEASE_URL")
-    work_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(work_dir)
     name = Path(urllib.parse.urlsplit(url).path).name or "release.tar.gz"
     path = work_dir / name
     fetch(url, path, max_bytes=settings.release_max_bytes)
@@ -169,11 +170,14 @@ def verify_signature(path: Path, signature: bytes, public_key: str, url: str) ->
 
 
 def read_manifest(path: Path, url: str) -> dict[str, Any]:
-    """The manifest, after reading every member through (a truncated or damaged tarball is refused)."""
+    """The manifest, after reading every member through (a truncated or damaged tarball is refused, and so
+    is one with a member that would land outside wherever it is unpacked: `archive.check_members`)."""
     raw: bytes | None = None
+    members: list[tarfile.TarInfo] = []
     try:
         with tarfile.open(path, mode="r|gz") as tar:
             for member in tar:
+                members.append(member)
                 fileobj = tar.extractfile(member) if member.isfile() else None
                 if fileobj is None:
                     continue
@@ -181,9 +185,12 @@ def read_manifest(path: Path, url: str) -> dict[str, Any]:
                     raw = fileobj.read()
                 while fileobj.read(_CHUNK):
                     pass
+        archive.check_members(members, f"release {url}")
         if raw is None:
             raise ReleaseVerifyError(f"release {url} has no {MANIFEST}: it is not a platform release; refused")
         doc = json.loads(raw)
+    except CorruptBackupError as err:
+        raise ReleaseVerifyError(f"{err}; nothing was changed") from err
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as err:
         raise ReleaseVerifyError(f"release {url} is corrupt ({err}): refused; nothing was changed") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("version"), str) or not SEMVER.match(doc["version"]):

@@ -21,12 +21,13 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from config.filemodes import private_dir
 from hosting import appstate, archive, backups, mail, ports
 from hosting.apps import _build, _busy_is_retryable, _failures_leave_error, _finish, _load, _summary
 from hosting.appstate import RunState
 from hosting.box import Box, resolve
 from hosting.context import TaskContext
-from hosting.errors import BackupError, BackupNotFoundError, LocationConflictError
+from hosting.errors import BackupError, BackupNotFoundError, CorruptBackupError, LocationConflictError
 from hosting.manifest import Manifest, parse_manifest
 from hosting.operations import operation
 from hosting.options import CloneOptions, RestoreOptions, check_app_id, check_env, check_location, parse
@@ -221,9 +222,11 @@ def _archive(conn: Connection, archive_id: str | None) -> Any:
 
 
 def swap_data(box: Box, app_id: str, source: Path) -> None:
-    """Replace the app's data directory by the archive's, extracted beside it first (a rename swaps them)."""
-    app_dir = box.app_dir(app_id)
-    app_dir.mkdir(parents=True, exist_ok=True)
+    """Replace the app's data directory by the archive's, extracted beside it first (a rename swaps them).
+
+    `archive.extract` checks every member before it writes one, so a refused archive leaves the data as it was.
+    """
+    app_dir = private_dir(box.app_dir(app_id))
     stage = box.apps_dir / f".restore-{app_id}-{os.getpid()}"
     trash = box.apps_dir / f".replaced-{app_id}-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -231,6 +234,8 @@ def swap_data(box: Box, app_id: str, source: Path) -> None:
     try:
         archive.extract(source, stage)
         restored = stage / backups.DATA
+        if restored.is_symlink() or (restored.exists() and not restored.is_dir()):
+            raise CorruptBackupError(f"backup archive {source} is corrupt: its {backups.DATA!r} is not a directory")
         restored.mkdir(exist_ok=True)
         current = app_dir / backups.DATA
         if current.exists():

@@ -12,7 +12,7 @@ from models.errors import MigrationError, ModelError
 from models.events import Event, Notification
 from models.lock import LockRequest, LockRow
 from models.platform import PlatformState
-from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskState
+from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskGuard, TaskState
 from models.tasklog import TaskLogLine
 from models.token import ApiToken
 
@@ -35,6 +35,7 @@ __all__ = [
     "PortBinding",
     "PortReservation",
     "Task",
+    "TaskGuard",
     "TaskLogLine",
     # task states
     "FINAL_STATES",

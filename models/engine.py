@@ -7,6 +7,7 @@ import inspect
 import os
 import threading
 import weakref
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -15,6 +16,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
+from config.filemodes import PRIVATE_FILE, create_private_file, private_dir
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -41,14 +43,28 @@ def driver_connect_args(url: str | URL) -> dict[str, Any]:
     return {}
 
 
+def _private_sqlite_file(path: str) -> None:
+    """Make the database file 0600 (its directory 0700) before SQLite makes it with the umask's 0644.
+
+    It holds every app's env values and passwords. An empty file is a valid empty database, and
+    SQLite gives its -wal and -shm files the database file's mode. A file an older version left
+    readable by others is narrowed (SQLite then makes new -wal/-shm files 0600 too).
+    """
+    db = Path(path)
+    private_dir(db.parent)
+    try:
+        os.close(create_private_file(db))
+    except FileExistsError:
+        if db.stat().st_mode & 0o077:
+            os.chmod(db, PRIVATE_FILE)
+
+
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
     """An engine tuned for boxtasks: pre-ping and recycle survive a restarted or strict server."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(path)
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -20,7 +20,7 @@ class Event(Base):
     action: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     source: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
     data: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, server_default=db_utcnow())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, server_default=db_utcnow(), index=True)
 
 
 class Notification(Base):
@@ -29,7 +29,9 @@ class Notification(Base):
     __tablename__ = "notifications"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    event_id: Mapped[int | None] = mapped_column(ForeignKey("eventlog.id", ondelete="SET NULL"), nullable=True)
+    event_id: Mapped[int | None] = mapped_column(
+        ForeignKey("eventlog.id", ondelete="SET NULL"), nullable=True, index=True
+    )
     alert_kind: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     title: Mapped[str] = mapped_column(String(255), nullable=False)
     message: Mapped[str] = mapped_column(LongText, nullable=False, default="")

@@ -35,6 +35,7 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_state_type", "state", "type"),
         Index("ix_tasks_app_id_created_at", "app_id", "created_at"),
+        Index("ix_tasks_created_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -61,3 +62,18 @@ class Task(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: Set by `boxtasks task stop`: a task that dies after this ends `cancelled`, not `interrupted`.
     stop_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The failed, interrupted or cancelled task this one retries (`boxtasks task retry`).
+    retry_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class TaskGuard(Base):
+    """One row per task kind that may run only once at a time: the task that last claimed it.
+
+    Written in the transaction that records the task; the guard is taken over only when its task
+    is final, so two concurrent requests of the kind record one task (`tasks.guards`).
+    """
+
+    __tablename__ = "task_guards"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -14,7 +14,7 @@ from config import get_settings
 from config.celery import TASK_QUEUES
 from lockman import LockManager
 from models import FINAL_STATES, TaskState, get_engine
-from tasks import records
+from tasks import guards, records
 from tasks.celery import app
 from tasks.errors import BrokerUnavailableError, TaskNotFoundError
 
@@ -36,12 +36,20 @@ def enqueue(
     app_id: str | None = None,
     queue: str | None = None,
     engine: Engine | None = None,
+    retry_of: str | None = None,
 ) -> str:
-    """Record the task (`queued`), then send its message; the row's id is the Celery task id."""
+    """Record the task (`queued`), then send its message; the row's id is the Celery task id.
+
+    A kind that runs once at a time (`guards.GUARDED_KINDS`) raises DuplicateTaskError, naming
+    the task under way, instead of recording a second.
+    """
     engine = engine or get_engine()
     args = dict(args or {})
     queue = queue or queue_for(kind)
-    task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id)
+    if kind in guards.GUARDED_KINDS:
+        task_id = guards.create_guarded(engine, kind=kind, queue=queue, args=args, retry_of=retry_of)
+    else:
+        task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id, retry_of=retry_of)
     try:
         app.send_task(task_name(kind), kwargs=args, task_id=task_id, queue=queue)
     except (KombuOperationalError, OSError) as err:

@@ -19,5 +19,14 @@ class BrokerUnavailableError(TaskError):
     """The task was recorded but its message could not be sent; it is marked failed."""
 
 
+class DuplicateTaskError(TaskError):
+    """A task of a kind that runs once at a time was asked for while one is queued, waiting or running."""
+
+    def __init__(self, kind: str, task_id: str) -> None:
+        super().__init__(f"a {kind} task is already under way: task {task_id}; follow it instead of starting another")
+        self.kind = kind
+        self.task_id = task_id
+
+
 class TaskStopped(BaseException):
     """Raised in a running task's process when it is asked to stop (SIGTERM); unwinds to cleanup."""

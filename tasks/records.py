@@ -114,10 +114,10 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def create(
-    engine: Engine, *, kind: str, queue: str, args: dict[str, Any], app_id: str | None, task_id: str | None = None
-) -> str:
-    task_id = task_id or new_task_id()
+def new_row(
+    *, task_id: str, kind: str, queue: str, args: dict[str, Any], app_id: str | None, retry_of: str | None = None
+) -> dict[str, Any]:
+    """The values of a new `queued` task row (`create`, and `tasks.guards` inside its transaction)."""
     row = {
         "id": task_id,
         "type": kind,
@@ -129,6 +129,23 @@ def create(
         "message": "Queued",
         "locks": {},
     }
+    if retry_of is not None:
+        row["retry_of"] = retry_of
+    return row
+
+
+def create(
+    engine: Engine,
+    *,
+    kind: str,
+    queue: str,
+    args: dict[str, Any],
+    app_id: str | None,
+    task_id: str | None = None,
+    retry_of: str | None = None,
+) -> str:
+    task_id = task_id or new_task_id()
+    row = new_row(task_id=task_id, kind=kind, queue=queue, args=args, app_id=app_id, retry_of=retry_of)
     for attempt in (1, 2):
         try:
             _write(engine, _INSERT, row, again_if_dropped=False)

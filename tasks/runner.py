@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from hosting import notify
 from lockman import Grant, Granted, LockLostError, LockManager, LockSet, Queued, Release, lock_set
 from lockman.table import lockset_to_dict
 from models import FINAL_STATES, TaskState
@@ -412,6 +413,7 @@ def recover_dead(rt: Runtime, task_ids: Sequence[str], *, reason: str) -> list[s
         return []
     changed = records.interrupt(rt.engine, task_ids, reason=reason)
     _wake_ready(rt, rt.manager.evict(task_ids))
+    notify.report_interrupted(rt.engine, changed, reason=reason)  # the one place interrupted tasks are news
     return changed
 
 

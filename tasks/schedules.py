@@ -1,4 +1,8 @@
-"""What celery beat runs besides the lock sweep: the nightly full backup and the alert checks.
+"""What celery beat runs besides the lock sweep: nightly full backup, alert checks, history pruning, OOM watch.
+
+The OOM watch (`hosting.oom.watch_forever`) is a thread of the beat process, started when beat starts:
+a deployment runs one beat and has one Docker engine, so each OOM kill is recorded once, whatever
+the number of workers and hosts (a worker-side watcher would need a lease to elect one per engine).
 
 Thin: the checks live in `hosting.checks`; the nightly backup is an ordinary `fullbackup` task, recorded
 and enqueued like one from the API, so it shows in `boxtasks task list` and takes its locks.
@@ -7,23 +11,54 @@ and enqueued like one from the API, so it shows in `boxtasks task list` and take
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
-from sqlalchemy import Engine, select
+from celery import signals
 
 from config import get_settings
+from hosting import history
+from hosting.box import default_box
 from hosting.checks import backups_supported, run_checks
-from models import Task, get_engine
+from hosting.oom import watch_forever
+from models import get_engine
 from tasks import client
 from tasks.celery import app
+from tasks.errors import DuplicateTaskError
 
 logger = logging.getLogger(__name__)
 
-_ACTIVE = ("queued", "waiting", "running")
+#: Set to stop the OOM watch (tests; beat itself just exits, and the thread with it).
+oom_watch_stop = threading.Event()
+
+
+@signals.beat_init.connect
+def _start_oom_watch(**_: Any) -> None:
+    """Beat is starting: watch the Docker engine for OOM kills of app containers (unless turned off)."""
+    if not get_settings().oom_watch:
+        logger.info("OOM watch is off (BOXTASKS_OOM_WATCH=false)")
+        return
+    box = default_box()
+    logger.info("watching %s for app containers killed out of memory", box.docker.base_url)
+    threading.Thread(
+        target=watch_forever,
+        args=(box, get_engine()),
+        kwargs={"stop": oom_watch_stop},
+        name="oom-watch",
+        daemon=True,
+    ).start()
 
 
 @app.task(name="boxtasks.check_alerts", ignore_result=True)
 def check_alerts() -> dict[str, str]:
     return {r.kind.value: r.state for r in run_checks(get_engine(), get_settings())}
+
+
+@app.task(name="boxtasks.prune_history", ignore_result=True)
+def prune_history() -> dict[str, object]:
+    """Drop finished tasks, notifications and eventlog entries past their retention (hosting.history)."""
+    settings = get_settings()
+    return history.prune(get_engine(), history.Retention.from_settings(settings)).as_dict()
 
 
 @app.task(name="boxtasks.nightly_fullbackup", ignore_result=True)
@@ -32,15 +67,8 @@ def nightly_fullbackup() -> str | None:
     if not backups_supported():
         logger.warning("nightly full backup skipped: this server has no backup support yet (hosting)")
         return None
-    engine = get_engine()
-    busy = _busy(engine)
-    if busy:
-        logger.info("nightly full backup skipped: %s is still under way", busy[0])
+    try:
+        return client.enqueue("fullbackup", {}, engine=get_engine())
+    except DuplicateTaskError as err:  # the guard (tasks.guards) answers with the one under way
+        logger.info("nightly full backup skipped: %s is still under way", err.task_id)
         return None
-    return client.enqueue("fullbackup", {}, engine=engine)
-
-
-def _busy(engine: Engine) -> list[str]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(Task.id).where(Task.type == "fullbackup", Task.state.in_(_ACTIVE))).all()
-    return [r.id for r in rows]

@@ -10,7 +10,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from tests.services import MARIADB_ADMIN, RABBITMQ_URL, require
+from tests.services import MARIADB_ADMIN, require
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +19,9 @@ def is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def quick_report(script: str, *, timeout: float = 420) -> dict[str, Any]:
-    """`bench/<script> --quick --json`: its JSON report; a non-zero exit fails with both outputs' tails."""
+def quick_report(script: str, *, broker_url: str, timeout: float = 420) -> dict[str, Any]:
+    """`bench/<script> --quick --json` on `broker_url` (the session's vhost): its JSON report; a non-zero
+    exit fails with both outputs' tails."""
     require("127.0.0.1", 3306, "MariaDB")
     require("127.0.0.1", 5672, "RabbitMQ")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOXTASKS_")}
@@ -33,7 +34,7 @@ def quick_report(script: str, *, timeout: float = 420) -> dict[str, Any]:
             "--database-url",
             MARIADB_ADMIN,
             "--broker-url",
-            RABBITMQ_URL,
+            broker_url,
         ],
         cwd=REPO,
         env=env,

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine
 
 from lockman import LockManager
 from tests.dockerd import Dockerd, running_dockerd
-from tests.services import BACKENDS, fresh_database
+from tests.services import BACKENDS, fresh_database, rabbitmq_vhost
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +70,13 @@ def manager(db_url: str, lock_row: str) -> Iterator[LockManager]:
     m.ensure_row()
     yield m
     m.dispose()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """The URL of a RabbitMQ vhost made for this test session and deleted at its end."""
+    with rabbitmq_vhost() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ would hide a missing install or start step.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from models.migrate import upgrade
 
 MARIADB_ADMIN = os.environ.get("BOXTASKS_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306")
 POSTGRES_ADMIN = os.environ.get("BOXTASKS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+#: The broker's default vhost: tests take a vhost of their own (`rabbitmq_vhost`), never this one.
 RABBITMQ_URL = os.environ.get("BOXTASKS_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("BOXTASKS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -75,3 +78,26 @@ def fresh_database(backend: str, tmp_dir: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(drop))
         admin.dispose()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of this session's own, deleted afterwards: two runs on one machine never
+    take each other's messages. Made with `rabbitmqctl` (the broker runs on this machine)."""
+    require("127.0.0.1", 5672, "RabbitMQ")
+    if shutil.which("rabbitmqctl") is None:
+        message = "rabbitmqctl is not installed: a test session needs it to make its own RabbitMQ vhost"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"bt_{uuid.uuid4().hex[:10]}"
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"{RABBITMQ_URL.rstrip('/')}/{name}"
+    finally:
+        _rabbitmqctl("delete_vhost", name)

@@ -1,4 +1,4 @@
-"""/tasks: list with filters, read one, its log, stop it."""
+"""/tasks: list with filters, read one, its log, stop it, retry it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy import Engine
 
 from api import actions, auth, queries, tasklines
+from api.errors import ScopeError
 from api.routes._common import TaskId, errors
-from api.schemas import APP_ID_PATTERN, LogEntryOut, StopOut, TaskOut, TaskState
+from api.schemas import APP_ID_PATTERN, LogEntryOut, StartedOut, StopOut, TaskOut, TaskState
+from api.tokens import TokenInfo
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
@@ -88,3 +90,21 @@ def stop_task(task_id: TaskId, db: Db, background: BackgroundTasks) -> dict[str,
         # The escalation to SIGKILL waits for the grace period: do it after answering.
         background.add_task(actions.stop, db, task_id, wait=True)
     return {"task_id": task_id, "state": state}
+
+
+@router.post(
+    "/{task_id}/retry",
+    status_code=202,
+    response_model=StartedOut,
+    responses=errors(404, 409, 422, 501, 503),
+)
+def retry_task(task_id: TaskId, db: Db, token: Annotated[TokenInfo, Depends(auth.write)]) -> dict[str, Any]:
+    """Start a failed, interrupted or cancelled task again with the same arguments, checked again.
+
+    The new task's `retry_of` names this one. 409 when the task is not retryable, or when a platform
+    task of its kind is under way (the answer's `task_id` names it). Platform tasks need an admin token.
+    """
+    kind = queries.get_task(db, task_id)["type"]
+    if kind in actions.PLATFORM_KINDS and not token.allows("admin"):
+        raise ScopeError(f"token {token.name!r} may not retry a {kind} task; this call needs 'admin'")
+    return actions.retry(db, task_id).as_dict()

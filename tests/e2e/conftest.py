@@ -11,17 +11,15 @@ import pytest
 
 from lockman import LockManager
 from tests.e2e.harness import Env, Worker, purge_queues
-from tests.services import RABBITMQ_URL, require
 
 
 @pytest.fixture
-def e2e_env(mariadb_url: str, tmp_path: Path) -> Iterator[Env]:
-    """MariaDB + RabbitMQ, with the test process's client pointed at them."""
-    require("127.0.0.1", 5672, "RabbitMQ")
+def e2e_env(mariadb_url: str, rabbitmq_url: str, tmp_path: Path) -> Iterator[Env]:
+    """MariaDB + this session's RabbitMQ vhost, with the test process's client pointed at them."""
     row = f"e2e_{uuid.uuid4().hex[:10]}"
     env = Env(
         database_url=mariadb_url,
-        broker_url=RABBITMQ_URL,
+        broker_url=rabbitmq_url,
         data_dir=tmp_path / "data",
         extra={"BOXTASKS_LOCK_ROW": row},
     )

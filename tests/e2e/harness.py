@@ -105,7 +105,7 @@ def wait_state(task_id: str, *states: str, timeout: float = 60.0) -> Any:
 
 
 def purge_queues() -> None:
-    """Drop messages a crashed earlier run left in the shared queues."""
+    """Drop messages an earlier test of this session left in its vhost's queues."""
     for queue in QUEUES:
         with app.connection_for_write() as conn:
             try:

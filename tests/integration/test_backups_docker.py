@@ -176,7 +176,7 @@ def test_the_fifth_failed_backup_in_a_row_notifies_and_the_fourth_does_not(kit: 
     blocker = kit.data_dir / "not-a-directory"
     blocker.write_text("the backup target cannot be made here")
     kit.box.settings = kit.settings.model_copy(update={"backup_dir": blocker})
-    # A success first, so earlier tests' backup ends do not count.
+    # A success first (the app's series is its own, but a clean start says so).
     kit.box.settings = kit.settings.model_copy(update={"backup_dir": kit.data_dir / "backups-ok"})
     kit.run(backups.backup, app_id)
     kit.box.settings = kit.settings.model_copy(update={"backup_dir": blocker})
@@ -187,7 +187,7 @@ def test_the_fifth_failed_backup_in_a_row_notifies_and_the_fourth_does_not(kit: 
         new = [n.title for n in kit.notifications()][len(titles_before) :]
         if attempt < 5:
             assert new == [], f"attempt {attempt} notified"
-    assert new == ["The last 5 backups failed"]
+    assert new == [f"The last 5 backups of app {app_id} failed"]  # five runs of this app's backup task
     # The app itself is fine, and each failed backup is recorded as such.
     assert kit.app(app_id).installation_state == "installed"
     with kit.engine.connect() as conn:

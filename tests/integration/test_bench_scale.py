@@ -16,8 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.rabbitmq]
 
 
 @pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
-    return quick_report("scale.py")
+def report(rabbitmq_url: str) -> dict[str, Any]:
+    return quick_report("scale.py", broker_url=rabbitmq_url)
 
 
 def test_no_errors_and_every_task_succeeded(report: dict[str, Any]) -> None:

@@ -16,8 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.rabbitmq]
 
 
 @pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
-    return quick_report("tasks.py")
+def report(rabbitmq_url: str) -> dict[str, Any]:
+    return quick_report("tasks.py", broker_url=rabbitmq_url)
 
 
 def test_no_errors_and_every_task_ended_as_intended(report: dict[str, Any]) -> None:

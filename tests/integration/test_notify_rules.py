@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, select
+from sqlalchemy import Engine, create_engine, delete, insert, select
 
 from config import Settings, load_settings
-from hosting import notify
+from hosting import BackupError, LocalContext, backups, notify
+from hosting.box import Box
+from hosting.docker_engine import DockerEngine
 from hosting.notify import AlertKind
-from models import Event, Notification
+from lockman import LockManager
+from models import App, Backup, Event, Notification
+from tasks import records
+from tasks.runner import Runtime, recover_dead
 from tests.appkit import SmtpSink, smtp_sink
+from tests.owners import add_owner
 
 __all__ = ["smtp_sink"]  # the fixture, imported for this module
 
@@ -71,24 +80,118 @@ def test_cert_renewal_failure_is_news_only_under_ten_days(
         assert conn.execute(select(Event.action)).scalars().all() == ["cert.renewal"]
 
 
-def test_backup_failure_is_news_on_the_fifth_failure_in_a_row(
+def _run(engine: Engine, settings: Settings, series: str, error: str | None) -> notify.Outcome:
+    return notify.report(
+        engine,
+        settings,
+        notify.backup_run_finished,
+        settings=settings,
+        task_id=uuid.uuid4().hex,
+        series=series,
+        error=error,
+    )
+
+
+def _backup(engine: Engine, settings: Settings, app_id: str, error: str | None) -> notify.Outcome:
+    source = {"appId": app_id}
+    return notify.report(
+        engine, settings, notify.backup_finished, settings=settings, backup_id=app_id, error=error, source=source
+    )
+
+
+def test_one_full_backup_of_five_failing_apps_is_not_news(
     engine: Engine, settings: Settings, smtp_sink: SmtpSink
 ) -> None:
-    def finished(error: str | None) -> notify.Outcome:
-        return notify.report(engine, settings, notify.backup_finished, settings=settings, backup_id="b", error=error)
-
-    assert not finished(None).notified
-    for _ in range(4):
-        assert not finished("disk full").notified
+    """The seed's rule counts runs: five failed app backups inside one full backup are one failed run."""
+    for app_id in ("a1", "a2", "a3", "a4", "a5"):
+        assert not _backup(engine, settings, app_id, "disk full").notified
+    assert not _run(engine, settings, notify.FULL_BACKUP_SERIES, "5 apps failed").notified
     assert _notifications(engine) == [] and smtp_sink.messages == []
-    fifth = finished("disk full")
-    assert fifth.notified and _notifications(engine) == ["The last 5 backups failed"]
-    assert _subjects(smtp_sink) == ["[boxtasks] The last 5 backups failed"]
-    # A success breaks the run: four more failures are not news again.
-    finished(None)
+
+
+def test_one_app_failing_five_nights_while_others_succeed_is_news(
+    engine: Engine, settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    for night in range(1, 6):
+        _backup(engine, settings, "good1", None)
+        _backup(engine, settings, "bad", "disk full")
+        _backup(engine, settings, "good2", None)
+        outcome = _run(engine, settings, notify.FULL_BACKUP_SERIES, "app bad could not be backed up")
+        assert outcome.notified is (night == 5), night
+    assert _notifications(engine) == ["The last 5 full backups failed"]
+    assert _subjects(smtp_sink) == ["[boxtasks] The last 5 full backups failed"]
+    # A success breaks the streak: four more failures are not news again.
+    _run(engine, settings, notify.FULL_BACKUP_SERIES, None)
     for _ in range(4):
-        assert not finished("disk full").notified
+        assert not _run(engine, settings, notify.FULL_BACKUP_SERIES, "x").notified
     assert len(_notifications(engine)) == 1
+
+
+def test_each_series_counts_its_own_runs(engine: Engine, settings: Settings, smtp_sink: SmtpSink) -> None:
+    a1, a2 = notify.app_series("a1"), notify.app_series("a2")
+    for _ in range(4):
+        assert not _run(engine, settings, a1, "no space").notified
+        assert not _run(engine, settings, a2, "no space").notified
+        assert not _run(engine, settings, notify.FULL_BACKUP_SERIES, "no space").notified
+    _run(engine, settings, a2, None)  # a2's streak ends; a1's and the full backup's do not
+    assert not _run(engine, settings, a2, "no space").notified
+    assert _run(engine, settings, a1, "no space").notified
+    assert _notifications(engine) == ["The last 5 backups of app a1 failed"]
+    assert _subjects(smtp_sink) == ["[boxtasks] The last 5 backups of app a1 failed"]
+
+
+def test_app_backup_task_runs_are_counted_by_the_backup_operation(
+    engine: Engine, db_url: str, settings: Settings, smtp_sink: SmtpSink, tmp_path: Path, lock_row: str
+) -> None:
+    """The `backup` app operation records its run: a missing data directory fails it, five times is news."""
+    box = Box(settings.model_copy(update={"data_dir": tmp_path, "database_url": db_url}), DockerEngine("unix:///none"))
+    app_id = f"bk-{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(
+            insert(App).values(
+                id=app_id,
+                app_store_id="io.example.bk",
+                manifest={"id": "io.example.bk", "version": "1.0.0", "image": "busybox", "httpPort": 80},
+                version="1.0.0",
+                location=app_id,
+                installation_state="installed",
+            )
+        )
+    manager = LockManager(db_url, row_id=lock_row, lease=60.0)
+    manager.ensure_row()
+
+    def backup_once() -> bool:
+        owner = add_owner(engine, kind="apptask")
+        grant = manager.acquire(owner, {"platform": "S", f"app:{app_id}": "X"}, timeout=60)
+        try:
+            backups.backup(LocalContext(manager, grant), app_id, box=box)
+        except BackupError:
+            return False
+        finally:
+            manager.release(owner)
+        return True
+
+    try:
+        for _ in range(4):
+            assert not backup_once()  # no data directory: every run fails
+        box.app_dir(app_id).joinpath("data").mkdir(parents=True)
+        assert backup_once()
+        shutil.rmtree(box.app_dir(app_id))
+        for _ in range(4):
+            assert not backup_once()
+        assert _notifications(engine) == [], "4 failed runs since the last success"
+        assert not backup_once()
+        assert _notifications(engine) == [f"The last 5 backups of app {app_id} failed"]
+        assert len(smtp_sink.messages) == 1
+        with engine.connect() as conn:
+            runs = conn.execute(select(Event.data).where(Event.action == "backup.run")).scalars().all()
+        assert [r["failed"] for r in runs] == [True] * 4 + [False] + [True] * 5
+        assert {r["series"] for r in runs} == {f"app:{app_id}"}
+    finally:
+        manager.dispose()
+        with engine.begin() as conn:
+            conn.execute(delete(Backup).where(Backup.app_id == app_id))
+            conn.execute(delete(App).where(App.id == app_id))
 
 
 def test_notification_only_rules(engine: Engine, settings: Settings, smtp_sink: SmtpSink) -> None:
@@ -156,3 +259,42 @@ def test_email_off_without_smtp_host_and_undeliverable_email_does_not_raise(engi
         engine, dead, notify.cert_renewal_failed, settings=dead, domain="d", expires_at=NOW, error="x", now=NOW
     )
     assert len(outcome.emails) == 1 and notify.deliver(dead, outcome) == 0
+
+
+def test_an_interrupted_task_is_news_naming_the_task_and_the_app_state(
+    engine: Engine, runtime: tuple[Runtime, list[str]]
+) -> None:
+    """recover_dead (worker lost, host gone, a heartbeat that stopped) raises one notification per interrupted task."""
+    rt, _ = runtime
+    app_id = f"int-{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(
+            insert(App).values(
+                id=app_id,
+                app_store_id="io.example.int",
+                manifest={"id": "io.example.int", "version": "1.0.0", "image": "busybox", "httpPort": 80},
+                version="1.0.0",
+                location=app_id,
+                installation_state="pending_configure",
+            )
+        )
+    dead = records.create(
+        engine, kind="apptask", queue="apptask", args={"app_id": app_id, "operation": "configure"}, app_id=app_id
+    )
+    stopped = records.create(engine, kind="fullbackup", queue="backup", args={}, app_id=None)
+    for task_id in (dead, stopped):
+        assert records.claim(engine, task_id, worker=rt.worker, pid=rt.pid).claimed
+    records.request_stop(engine, stopped)  # asked to stop: it ends cancelled, which is no news
+    try:
+        assert sorted(recover_dead(rt, [dead, stopped], reason="its worker process died")) == sorted([dead, stopped])
+        with engine.connect() as conn:
+            notes = conn.execute(select(Notification.title, Notification.message)).all()
+            event = conn.execute(select(Event.data).where(Event.action == "task.interrupted")).scalar_one()
+        assert [n.title for n in notes] == [f"Task apptask configure of app {app_id} was interrupted"]
+        assert dead in notes[0].message and "its worker process died" in notes[0].message
+        assert f"App {app_id} is now pending_configure (running)" in notes[0].message
+        assert f"boxtasks task retry {dead}" in notes[0].message
+        assert event["taskId"] == dead and event["appId"] == app_id
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(App).where(App.id == app_id))

@@ -1,0 +1,46 @@
+"""tasks.retry_of (a retry names the task it retries), task_guards (one active task per platform kind),
+and the indexes history retention reads by (tasks and eventlog by age, notifications by event)
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("retry_of", sa.String(64), nullable=True))
+    op.create_table(
+        "task_guards",
+        sa.Column("kind", sa.String(32), primary_key=True),
+        sa.Column("task_id", sa.String(64), nullable=False),
+    )
+    op.create_index("ix_tasks_created_at", "tasks", ["created_at"])
+    op.create_index("ix_eventlog_created_at", "eventlog", ["created_at"])
+    if not _fk_indexed():
+        op.create_index("ix_notifications_event_id", "notifications", ["event_id"])
+
+
+def downgrade() -> None:
+    if not _fk_indexed():
+        op.drop_index("ix_notifications_event_id", table_name="notifications")
+    op.drop_index("ix_eventlog_created_at", table_name="eventlog")
+    op.drop_index("ix_tasks_created_at", table_name="tasks")
+    op.drop_table("task_guards")
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_column("retry_of")
+
+
+def _fk_indexed() -> bool:
+    """MySQL and MariaDB index every foreign key column already (and keep that index for the key)."""
+    return op.get_bind().dialect.name in ("mysql", "mariadb")
