@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from api import tokens
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 class Service:
     name: str
     argv: list[str]
+    #: Variables added to this service's environment (secrets go here, never in `argv`).
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
 
@@ -74,6 +76,8 @@ def admin_token(settings: Settings) -> Path | None:
 
 
 def services(settings: Settings, password: str) -> list[Service]:
+    """What `run` starts. Flower's password goes through its environment (`FLOWER_BASIC_AUTH`, read by
+    Flower itself): on the command line, `/proc/<pid>/cmdline` would show it to every local user."""
     celery = [sys.executable, "-m", "celery", "-A", "tasks"]
     return [
         Service(
@@ -88,8 +92,8 @@ def services(settings: Settings, password: str) -> list[Service]:
                 "flower",
                 f"--address={settings.flower_address}",
                 f"--port={settings.flower_port}",
-                f"--basic-auth={settings.flower_user}:{password}",
             ],
+            env={"FLOWER_BASIC_AUTH": f"{settings.flower_user}:{password}"},
         ),
         Service("api", [sys.executable, *api_cmd.argv(settings.api_address, settings.api_port)]),
     ]
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     token_file = admin_token(settings)
     started = services(settings, password)
     for service in started:
-        service.proc = subprocess.Popen(service.argv, start_new_session=True)
+        env = {**os.environ, **service.env} if service.env else None
+        service.proc = subprocess.Popen(service.argv, env=env, start_new_session=True)
     token_where = f"admin token in {token_file}" if token_file else "tokens from `boxtasks token create`"
     where = f"password in {password_file}" if password_file else "password from BOXTASKS_FLOWER_PASSWORD"
     sys.stdout.write(

@@ -1,4 +1,4 @@
-"""`boxtasks task list|show|watch|wait|stop|retry`: follow and stop tasks, straight from the `tasks` table."""
+"""`boxtasks task list|show|watch|wait|stop|retry|logs`: follow and stop tasks, straight from the `tasks` table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from api import actions, queries
+from api import actions, queries, tasklines
 from cli.errors import CliError
 from cli.output import print_json, print_table
 from models import FINAL_STATES, TaskState, get_engine
@@ -43,6 +43,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         if name == "stop":
             p.add_argument("--no-wait", action="store_true", help="send SIGTERM and return at once")
         p.set_defaults(handler=handler)
+
+    lg = tsub.add_parser(
+        "logs", help="the task's own log lines (with --follow: until it ends, exit 0 if it succeeded)", parents=[common]
+    )
+    lg.add_argument("task_id", metavar="ID")
+    lg.add_argument("-f", "--follow", action="store_true", help="print new lines as they come until the task ends")
+    lg.set_defaults(handler=logs)
 
 
 def list_tasks(args: argparse.Namespace) -> int:
@@ -130,6 +137,26 @@ def retry(args: argparse.Namespace) -> int:
     except DuplicateError as err:
         return already_under_way(args, err)
     return started(args, f"retry of {args.task_id}", result)
+
+
+def logs(args: argparse.Namespace) -> int:
+    engine = get_engine()
+    if not args.follow:
+        if args.json:
+            print_json(tasklines.as_dicts(engine, args.task_id))
+            return 0
+        queries.get_task(engine, args.task_id)
+        for chunk in tasklines.text(engine, args.task_id):
+            sys.stdout.write(chunk)
+        return 0
+    follower = tasklines.Follower(engine, args.task_id)
+    while not follower.done:
+        chunk = follower.poll()
+        if chunk:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        time.sleep(tasklines.POLL_SECONDS)
+    return 0 if follower.state == TaskState.SUCCEEDED.value else 1
 
 
 def render_bar(row: dict[str, Any]) -> str:

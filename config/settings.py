@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     flower_password: SecretStr = Field(default=SecretStr(""), description="basic-auth password for Flower")
     worker_concurrency: int = Field(default=4, ge=1, le=256, description="processes of the worker `make run` starts")
 
+    # Each task's own log (`boxtasks task logs ID`, GET /tasks/{id}/log): what its process logs while
+    # it runs, kept in the database. Per task: the first lines and the last ones; the middle is dropped.
+    task_log_head_lines: int = Field(default=500, ge=0, le=1_000_000, description="first lines kept per task")
+    task_log_tail_lines: int = Field(default=2000, ge=1, le=1_000_000, description="and the last lines kept")
+    task_log_line_chars: int = Field(default=4000, ge=80, le=1_000_000, description="a longer line is cut")
+    task_log_flush_seconds: float = Field(default=0.5, gt=0, le=60, description="how often lines are written")
+
     # The REST API (`boxtasks api`, started by `make run`): bearer tokens from the `api_tokens` table.
     # In development `make run` makes an admin token once and keeps it under the data dir; in
     # production there is none until `boxtasks token create` makes one.

@@ -30,6 +30,8 @@ from models import Backup
 logger = logging.getLogger(__name__)
 
 DUMP_TIMEOUT_SECONDS = 3600
+#: Lines of a dump tool's stderr that are logged, at most.
+_STDERR_LINES = 200
 
 
 def create_box_backup(ctx: TaskContext, box: Box, *, depends_on: list[str], version: str | None = None) -> BackupRecord:
@@ -169,6 +171,13 @@ def _run(args: list[str], dest: Path, *, env: dict[str, str] | None, what: str) 
             )
         except (OSError, subprocess.TimeoutExpired) as err:
             raise DumpError(f"{what} could not run: {err}") from err
+    # What the tool said (warnings, notes) goes to the log, which the task keeps as its own.
+    said = proc.stderr.decode(errors="replace").splitlines()
+    for line in said[:_STDERR_LINES]:
+        if line.strip():
+            logger.info("%s: %s", what, line.rstrip())
+    if len(said) > _STDERR_LINES:
+        logger.info("%s: ... %d more line(s) of output", what, len(said) - _STDERR_LINES)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip()[-500:]
         raise DumpError(f"{what} failed with exit code {proc.returncode}: {tail or 'no message'}")

@@ -88,7 +88,7 @@ class DockerEngine:
         repository, tag = parse_repository_tag(image)
         logger.info("pulling image %s", image)
         try:
-            self.client.images.pull(repository, tag=tag or "latest")
+            _log_pull(image, self.client.api.pull(repository, tag=tag or "latest", stream=True, decode=True))
         except docker.errors.DockerException as err:
             reason = _reason(err)
             raise ImageError(
@@ -215,6 +215,24 @@ class DockerEngine:
             raise EngineUnavailableError(
                 f"cannot {what}: Docker at {self.base_url} did not answer ({err}); is dockerd running?"
             ) from err
+
+
+#: Pull statuses that repeat for every chunk of every layer: not worth a line each.
+_PULL_PROGRESS = {"Downloading", "Extracting", "Waiting", "Verifying Checksum"}
+
+
+def _log_pull(image: str, events: Iterator[dict[str, Any]]) -> None:
+    """Log what the engine says while it pulls (a task keeps these lines in its log); raise on its error."""
+    import docker
+
+    for event in events:
+        if "error" in event:
+            raise docker.errors.APIError(str(event.get("error")))
+        status = str(event.get("status", ""))
+        if not status or status in _PULL_PROGRESS:
+            continue
+        layer = event.get("id")
+        logger.info("pull %s: %s%s", image, f"{layer}: " if layer else "", status)
 
 
 def _reason(err: Exception) -> str:

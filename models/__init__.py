@@ -13,6 +13,7 @@ from models.events import Event, Notification
 from models.lock import LockRequest, LockRow
 from models.platform import PlatformState
 from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskGuard, TaskState
+from models.tasklog import TaskLogLine
 from models.token import ApiToken
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PortReservation",
     "Task",
     "TaskGuard",
+    "TaskLogLine",
     # task states
     "FINAL_STATES",
     "PROCESSLESS_STATES",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from config import get_settings
 from config.celery import celery_config
+from tasks.flower_auth import refuse_open_flower
 from tasks.poolwatch import PoolWatch
 
 
@@ -16,8 +17,12 @@ def _config() -> dict[str, Any]:
 
 
 app = Celery(
-    "boxtasks", include=["tasks.kinds", "tasks.signals", "tasks.control", "tasks.schedules"], set_as_current=False
+    "boxtasks",
+    include=["tasks.kinds", "tasks.signals", "tasks.tasklog", "tasks.control", "tasks.schedules"],
+    set_as_current=False,
 )
 # add_defaults takes a callable: the settings are read when the config is first needed, not at import.
 app.add_defaults(_config)
 app.steps["worker"].add(PoolWatch)
+# `celery -A tasks flower` with no authentication exits before it serves (tasks/flower_auth.py).
+signals.import_modules.connect(refuse_open_flower, sender=app, weak=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query
+import anyio
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy import Engine
 
-from api import actions, auth, queries
+from api import actions, auth, queries, tasklines
 from api.errors import ScopeError
 from api.routes._common import TaskId, errors
 from api.schemas import APP_ID_PATTERN, LogEntryOut, StartedOut, StopOut, TaskOut, TaskState
@@ -35,11 +38,42 @@ def get_task(task_id: TaskId, db: Db) -> dict[str, Any]:
 
 
 @router.get(
-    "/{task_id}/log", response_model=list[LogEntryOut], dependencies=[Depends(auth.read)], responses=errors(404, 422)
+    "/{task_id}/log",
+    response_model=list[LogEntryOut],
+    dependencies=[Depends(auth.read)],
+    responses={**errors(404, 422), 200: {"content": {"text/plain": {}}}},
 )
-def task_log(task_id: TaskId, db: Db) -> list[dict[str, Any]]:
-    """The task's milestones from its row, with what its operations wrote to the eventlog."""
-    return queries.task_log(db, task_id)
+def task_log(
+    task_id: TaskId,
+    db: Db,
+    request: Request,
+    follow: Annotated[bool, Query(description="text: stream new lines until the task ends")] = False,
+) -> Any:
+    """The task's own log lines as text/plain (`Accept: text/plain`, or `follow=1`, which streams them
+    while the task runs); else, as JSON, its milestones with what its operations wrote to the eventlog."""
+    if not (follow or _wants_text(request.headers.get("accept", ""))):
+        return queries.task_log(db, task_id)
+    queries.get_task(db, task_id)  # 404 for a task that does not exist
+    if not follow:
+        return PlainTextResponse("".join(tasklines.text(db, task_id)))
+    return StreamingResponse(_follow(tasklines.Follower(db, task_id)), media_type="text/plain; charset=utf-8")
+
+
+async def _follow(follower: tasklines.Follower) -> AsyncIterator[str]:
+    # Async, so that a client that hangs up ends the loop at its next sleep.
+    while not follower.done:
+        chunk = await anyio.to_thread.run_sync(follower.poll)
+        if chunk:
+            yield chunk
+        await anyio.sleep(tasklines.POLL_SECONDS)
+
+
+def _wants_text(accept: str) -> bool:
+    """Whether text/plain comes before JSON in the Accept header (in the order given; q ignored)."""
+    kinds = [part.split(";")[0].strip() for part in accept.split(",")]
+    text = kinds.index("text/plain") if "text/plain" in kinds else None
+    json = kinds.index("application/json") if "application/json" in kinds else None
+    return text is not None and (json is None or text < json)
 
 
 @router.post(
