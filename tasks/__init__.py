@@ -7,13 +7,21 @@ read the database; the worker imports `tasks.kinds` and `tasks.signals`.
 from __future__ import annotations
 
 from tasks.celery import app
-from tasks.errors import BrokerUnavailableError, TaskDefinitionError, TaskError, TaskNotFoundError, TaskStopped
+from tasks.errors import (
+    BrokerUnavailableError,
+    LeaseLost,
+    TaskDefinitionError,
+    TaskError,
+    TaskNotFoundError,
+    TaskStopped,
+)
 
 __all__ = [
     # the Celery app
     "app",
     # errors
     "BrokerUnavailableError",
+    "LeaseLost",
     "TaskDefinitionError",
     "TaskError",
     "TaskNotFoundError",
