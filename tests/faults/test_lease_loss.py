@@ -73,6 +73,11 @@ def _parent(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def _gone(pid: int) -> bool:
+    """Exited and reaped by its parent (the pool has seen it die)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
 def _send_copy(task_id: str) -> None:
     """A second message for a task that already runs, as a doubled wake-up or a redelivery sends it."""
     found = row(task_id)
@@ -117,10 +122,11 @@ def test_process_killed_with_a_copy_of_a_running_tasks_message(
         copy_pid = wait_for(copy_claiming, timeout=30, what="the copy's claim held up on the task row")
         assert _parent(copy_pid) == worker.pid
         os.kill(copy_pid, signal.SIGKILL)
-        wait_for(lambda: "WorkerLostError" in worker.log.read_text(), timeout=30, what="the pool saw the loss")
+        wait_for(partial(_gone, copy_pid), timeout=30, what="the killed pool process reaped")
     finally:
         blocker.rollback()
         blocker.close()
+    wait_for(lambda: "WorkerLostError" in worker.log.read_text(), timeout=60, what="the pool saw the loss")
     done = wait_state(live, timeout=90)
     assert done.state == "succeeded", f"the live task was ended by another process's death:\n{describe([done])}"
     assert len(_steps_of(app_id, live)) == 60
