@@ -10,6 +10,7 @@ from tasks.celery import app
 from tasks.errors import (
     BrokerUnavailableError,
     DuplicateTaskError,
+    LeaseLost,
     TaskDefinitionError,
     TaskError,
     TaskNotFoundError,
@@ -22,6 +23,7 @@ __all__ = [
     # errors
     "BrokerUnavailableError",
     "DuplicateTaskError",
+    "LeaseLost",
     "TaskDefinitionError",
     "TaskError",
     "TaskNotFoundError",

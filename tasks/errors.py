@@ -30,3 +30,11 @@ class DuplicateTaskError(TaskError):
 
 class TaskStopped(BaseException):
     """Raised in a running task's process when it is asked to stop (SIGTERM); unwinds to cleanup."""
+
+
+class LeaseLost(BaseException):
+    """Raised in a running task that lost its locks: its row was ended under it, or no heartbeat of
+    it reached the database for nearly the lease (others may take its locks). Unwinds to cleanup.
+
+    A BaseException, like TaskStopped, so that an operation's `except Exception` does not swallow it.
+    """

@@ -58,18 +58,17 @@ _CLAIM = {
     True: _CLAIMED.values(**_CLAIM_VALUES, locks=_param("locks", "locks")),
     False: _CLAIMED.values(**_CLAIM_VALUES),
 }
-_PROGRESS = (
-    update(_tasks)
-    .where(_BY_ID, _tasks.c.state == TaskState.RUNNING.value)
-    .values(percent=_param("percent", "percent"), message=_param("message", "message"))
-)
+_RUNNING = _tasks.c.state == TaskState.RUNNING.value
 #: Only the running process's own row: pids repeat across hosts (containers), so the node too.
-_TO_WAITING_BASE = update(_tasks).where(
-    _BY_ID,
-    _tasks.c.state == TaskState.RUNNING.value,
-    _tasks.c.worker == bindparam("running_worker"),
-    _tasks.c.pid == bindparam("running_pid"),
-)
+_OURS = (_tasks.c.worker == bindparam("running_worker"), _tasks.c.pid == bindparam("running_pid"))
+_PROGRESS_VALUES = {"percent": _param("percent", "percent"), "message": _param("message", "message")}
+#: Without and with the check that the row is still the running task of the writing process.
+_PROGRESS = {
+    False: update(_tasks).where(_BY_ID, _RUNNING).values(**_PROGRESS_VALUES),
+    True: update(_tasks).where(_BY_ID, _RUNNING, *_OURS).values(**_PROGRESS_VALUES),
+}
+_BEAT = update(_tasks).where(_BY_ID, _RUNNING, *_OURS).values(heartbeat_at=db_utcnow())
+_TO_WAITING_BASE = update(_tasks).where(_BY_ID, _RUNNING, *_OURS)
 _TO_WAITING_VALUES = {
     "state": TaskState.WAITING.value,
     "message": _param("message", "message"),
@@ -239,9 +238,26 @@ def set_message(engine: Engine, task_id: str, message: str, *, locks: dict[str, 
     _write(engine, update(_tasks).where(_tasks.c.id == task_id).values(**values), {}, again_if_dropped=True)
 
 
-def progress(engine: Engine, task_id: str, percent: int, message: str) -> None:
-    values = {"task_id": task_id, "percent": max(0, min(100, percent)), "message": message[:512]}
-    _write(engine, _PROGRESS, values, again_if_dropped=True)
+def progress(
+    engine: Engine, task_id: str, percent: int, message: str, *, worker: str | None = None, pid: int | None = None
+) -> bool:
+    """Write how far the task is; False when no running row matched (with `worker`, `pid`: none of
+    that process's), which tells a running task that it is no longer the one running it."""
+    values: dict[str, Any] = {"task_id": task_id, "percent": max(0, min(100, percent)), "message": message[:512]}
+    ours = worker is not None and pid is not None
+    if ours:
+        values.update(running_worker=worker, running_pid=pid)
+    return _write(engine, _PROGRESS[ours], values, again_if_dropped=True).rowcount == 1
+
+
+def beat(engine: Engine, task_id: str, *, worker: str, pid: int) -> bool:
+    """Stamp the heartbeat of the task that process (`worker`, `pid`) runs, on the database clock.
+
+    False when the row is no longer that process's running task (ended, interrupted, claimed by
+    another): the process has lost whatever the task held, and must stop working.
+    """
+    values = {"task_id": task_id, "running_worker": worker, "running_pid": pid}
+    return _write(engine, _BEAT, values, again_if_dropped=True).rowcount == 1
 
 
 def finish(

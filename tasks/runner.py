@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import signal
 import threading
 import time
 import traceback
@@ -29,7 +30,7 @@ from lockman import Grant, Granted, LockLostError, LockManager, LockSet, Queued,
 from lockman.table import lockset_to_dict
 from models import FINAL_STATES, TaskState
 from tasks import records
-from tasks.errors import TaskStopped
+from tasks.errors import LeaseLost, TaskStopped
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ T = TypeVar("T")
 
 #: Seconds between heartbeat attempts while they fail.
 _HEARTBEAT_RETRY = 1.0
+#: The part of the lease a running task keeps for itself: with no beat landed for the rest, it stops
+#: its work, before anyone else may judge it dead and take its locks (`models.liveness`).
+_LEASE_MARGIN = 0.25
+#: Delivered to the task's (main) thread when its lease is lost, to unwind a body that is not calling
+#: `progress()` now (asleep, or blocked in a call). SIGUSR1 is billiard's soft time limit.
+_LOST_SIGNAL = signal.SIGUSR2
 
 
 class Outcome(enum.StrEnum):
@@ -87,6 +94,7 @@ class RunContext:
     kind: str
     holdings: dict[str, str]
     token: int
+    lease: _Lease | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _checkpoint: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -101,8 +109,25 @@ class RunContext:
             self._checkpoint = records.checkpoint_of(self.runtime.engine, self.task_id)
         return self._checkpoint
 
+    def check(self) -> None:
+        """Raise LeaseLost if this task may have lost its locks; a long step calls it between pieces of work."""
+        if self.lease is not None:
+            self.lease.check()
+
     def progress(self, percent: int, message: str) -> None:
-        records.progress(self.runtime.engine, self.task_id, percent, message)
+        """Write the progress to the row; raise LeaseLost when the row is no longer this process's
+        running task. A database that is briefly unreachable is waited for, not a failure."""
+        self.check()
+        rt = self.runtime
+
+        def write() -> bool:
+            return records.progress(rt.engine, self.task_id, percent, message, worker=rt.worker, pid=rt.pid)
+
+        if not _db_retry(rt, f"progress of task {self.task_id}", write, check=self.check):
+            reason = "its task row is no longer running in this process (ended or judged dead)"
+            if self.lease is not None:
+                self.lease.lose(reason, quiet=True)
+            raise LeaseLost(reason)
         if self.runtime.mirror is not None:
             # A copy for Flower, sent through the broker: the row above is the record, so a broker
             # that is down (restarting) must not fail the task.
@@ -113,9 +138,15 @@ class RunContext:
 
     @contextmanager
     def fenced(self) -> Iterator[Connection]:
+        self.check()
         grant = Grant(self.task_id, self.token, lock_set(self.holdings))
-        with self.runtime.manager.fenced(grant) as conn:
-            yield conn
+        try:
+            with self.runtime.manager.fenced(grant) as conn:
+                yield conn
+        except LockLostError as err:
+            if self.lease is not None:  # the heartbeat may not know yet: stop the rest of the work too
+                self.lease.lose(str(err), quiet=True)
+            raise
 
     def acquire_more(self, plan: Mapping[str, str], *, timeout: float | None = None) -> Grant:
         """Take more locks while holding some (a nested request: it never queues behind waiters).
@@ -124,7 +155,8 @@ class RunContext:
         """
 
         def say_why(queued: Any) -> None:
-            records.set_message(self.runtime.engine, self.task_id, queued.describe())
+            rt, what = self.runtime, f"message of task {self.task_id}"
+            _db_retry(rt, what, lambda: records.set_message(rt.engine, self.task_id, queued.describe()))
 
         grant = self.runtime.manager.acquire(self.task_id, plan, label=self.kind, timeout=timeout, on_wait=say_why)
         self._held(grant.locks)
@@ -181,35 +213,173 @@ class TaskParked(BaseException):
         self.waits = waits
 
 
-class _Heartbeat(threading.Thread):
-    """Stamps the task row on the database clock until stopped: the proof that this holder lives."""
+class _Lease:
+    """This run's hold on its locks as its own process sees it, shared by the heartbeat and the body.
 
-    def __init__(self, manager: LockManager, task_id: str, interval: float) -> None:
+    Others judge the task dead once its row is silent for the lease, on the database clock
+    (`models.liveness`), and may then take its locks. The process judges itself on its own clock,
+    from the sending of its last beat that landed (which lands no earlier than it is sent), and gives
+    up `limit` seconds after it (the lease less a margin): it stops before anyone may take over.
+    The locks are also lost when a beat or a progress write finds the row no longer its running task.
+
+    A loss counts only while the body runs (`entered`): while the task parks or writes its final
+    state the row is not `running`, by its own doing.
+    """
+
+    def __init__(self, *, limit: float, since: float) -> None:
+        self.limit = limit
+        self.lost: str | None = None
+        self._good_since = since
+        self._epoch = 0
+        self._in_body = False
+        self._raised = False
+        self._lock = threading.Lock()
+        #: Interrupts the body's thread (set only when that is the main thread, where signals land).
+        self.interrupt: Callable[[], None] | None = None
+
+    def token(self) -> int | None:
+        """Taken before a beat is sent: which run of the body its answer speaks for (None: none runs)."""
+        with self._lock:
+            return self._epoch if self._in_body else None
+
+    def landed(self, sent_at: float) -> None:
+        with self._lock:
+            self._good_since = max(self._good_since, sent_at)
+
+    def renewed(self, sent_at: float) -> None:
+        """The row was claimed again (a parked task run on): its heartbeat stamped then."""
+        with self._lock:
+            self._good_since = max(self._good_since, sent_at)
+
+    def overdue(self) -> float:
+        """Seconds past the limit since the last landed beat (negative: time left)."""
+        with self._lock:
+            return time.monotonic() - self._good_since - self.limit
+
+    def silent_for(self) -> float:
+        with self._lock:
+            return time.monotonic() - self._good_since
+
+    def lose(self, reason: str, *, token: int | None = None, quiet: bool = False) -> bool:
+        """Record the loss (if the body runs, and, with `token`, is the run the news is about);
+        unless `quiet` (the caller raises itself), interrupt the body. Whether it was recorded."""
+        with self._lock:
+            if not self._in_body or (token is not None and token != self._epoch) or self.lost is not None:
+                return False
+            self.lost = reason
+            interrupt = None if quiet else self.interrupt
+            if quiet:
+                self._raised = True
+        logger.warning("lost its locks: %s", reason)
+        if interrupt is not None:
+            interrupt()
+        return True
+
+    def check(self) -> None:
+        """Raise LeaseLost if the locks are lost, or may be (no beat landed within the limit)."""
+        if self.lost is None and self.overdue() > 0:
+            self.lose(f"no heartbeat reached the database for {self.silent_for():.1f}s", quiet=True)
+        if self.lost is not None:
+            self._raised = True
+            raise LeaseLost(self.lost)
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """The handler of `_LOST_SIGNAL`: raise in the body, once, and only while it runs."""
+        if self._in_body and self.lost is not None and not self._raised:
+            self._raised = True
+            raise LeaseLost(self.lost)
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        with self._lock:
+            self._epoch += 1
+            self._in_body = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_body = False
+
+
+class _Heartbeat(threading.Thread):
+    """Stamps the task row on the database clock until stopped: the proof that this holder lives.
+
+    With a `lease`, it also watches for the loss of the locks (a beat that finds the row no longer
+    this process's running task; no beat landed within the lease's limit) and reports it there. A
+    second thread keeps the time, so that a beat stuck on an unanswering database does not hold up
+    the news. `beat` stamps the row (default: `manager.heartbeat`, unconditional).
+    """
+
+    def __init__(
+        self,
+        manager: LockManager,
+        task_id: str,
+        interval: float,
+        *,
+        lease: _Lease | None = None,
+        beat: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__(name=f"heartbeat-{task_id[:8]}", daemon=True)
-        self._manager = manager
         self._task_id = task_id
-        self._interval = interval
+        self._lease = lease
+        self._beat = beat or (lambda: manager.heartbeat(task_id))
+        self._interval = interval if lease is None else min(interval, lease.limit / 2)
         self._stopped = threading.Event()
+        self._clock = threading.Thread(target=self._keep_time, name=f"leaseclock-{task_id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        super().start()
+        if self._lease is not None:
+            self._clock.start()
 
     def run(self) -> None:
         wait = self._interval
         while not self._stopped.wait(wait):
+            lease = self._lease
+            token = lease.token() if lease is not None else None
+            sent_at = time.monotonic()
             try:
-                self._manager.heartbeat(self._task_id)
-                wait = self._interval
+                ours = self._beat()
             except Exception:  # a blip must not kill the beat
                 # Try again soon: a database that was down gives a holder one lease from its restart
                 # to beat again (`models.liveness`), not one lease from the last beat.
                 logger.warning("heartbeat of task %s failed", self._task_id, exc_info=True)
                 wait = min(self._interval, _HEARTBEAT_RETRY)
+                continue
+            wait = self._interval
+            if lease is None:
+                continue
+            if ours:
+                lease.landed(sent_at)
+            elif token is not None and lease.lose(
+                "its heartbeat found its task row no longer running in this process (ended or judged dead)",
+                token=token,
+            ):
+                return  # nothing of ours left to stamp
+
+    def _keep_time(self) -> None:
+        lease = self._lease
+        assert lease is not None
+        while True:
+            left = -lease.overdue()
+            if left <= 0 and lease.token() is not None:
+                lease.lose(f"no heartbeat reached the database for {lease.silent_for():.1f}s")
+            if lease.lost is not None:
+                return
+            # Overdue between runs of the body (parked, finishing): nothing to stop; look again later.
+            if self._stopped.wait(min(left, 1.0) if left > 0 else 0.5):
+                return
 
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=5)
+        if self._clock.is_alive():
+            self._clock.join(timeout=5)
 
 
 def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[[RunContext], Any]) -> RunResult:
     """Run `body` under `plan` for the task row `task_id`, or leave it waiting, or skip a duplicate."""
+    claim_sent = time.monotonic()  # the claim stamps the row's heartbeat: the lease counts from here
     claim = _claim(rt, task_id, plan)
     if not claim.claimed:
         return _not_claimed(rt, task_id, claim.row)
@@ -221,20 +391,30 @@ def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[
     if not isinstance(acquired, _Acquired):
         return acquired
     token = acquired.granted.token
-    ctx = RunContext(rt, task_id, kind, lockset_to_dict(plan), token)
-    beat = _Heartbeat(rt.manager, task_id, rt.heartbeat_interval)
+    lease = _Lease(limit=rt.lease.total_seconds() * (1 - _LEASE_MARGIN), since=claim_sent)
+    ctx = RunContext(rt, task_id, kind, lockset_to_dict(plan), token, lease=lease)
+    beat = _Heartbeat(
+        rt.manager,
+        task_id,
+        rt.heartbeat_interval,
+        lease=lease,
+        beat=lambda: records.beat(rt.engine, task_id, worker=rt.worker, pid=rt.pid),
+    )
     beat.start()
     # The heartbeat goes on until the final state is written: while that write waits for the
     # database to come back, this task is alive, not a holder for the sweep to interrupt.
     try:
-        while True:
-            result = _run_body(ctx, body)
-            if result.outcome is not Outcome.PARKED:
-                break
-            parked = _park(rt, ctx, plan, result)
-            if parked is not None:
-                return parked
-            # Woken before it slept (the busy locks were released meanwhile): run on from the checkpoint.
+        with _interruptible(lease):
+            while True:
+                result = _run_body(ctx, body)
+                if result.outcome is not Outcome.PARKED:
+                    break
+                parking = time.monotonic()
+                parked = _park(rt, ctx, plan, result)
+                if parked is not None:
+                    return parked
+                # Woken before it slept (the busy locks were released meanwhile): run on from the checkpoint.
+                lease.renewed(parking)
         # Written once, with the final state (one commit fewer per task than a write at grant time):
         # the live view of what a task holds is the lock row itself.
         figures = {
@@ -249,9 +429,37 @@ def execute(rt: Runtime, task_id: str, kind: str, plan: LockSet, body: Callable[
     return result
 
 
+@contextmanager
+def _interruptible(lease: _Lease) -> Iterator[None]:
+    """Let the lease's loss interrupt the body in this thread, if it is the main thread (where signals land).
+
+    Elsewhere (a thread pool) the body learns of it at its next `progress()`, `fenced()` or `check()`.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main = threading.main_thread().ident
+    assert main is not None
+    previous = signal.signal(_LOST_SIGNAL, lease.on_signal)
+    lease.interrupt = lambda: signal.pthread_kill(main, _LOST_SIGNAL)
+    try:
+        yield
+    finally:
+        lease.interrupt = None
+        signal.signal(_LOST_SIGNAL, previous)
+
+
 def _run_body(ctx: RunContext, body: Callable[[RunContext], Any]) -> RunResult:
     try:
-        value = body(ctx)
+        if ctx.lease is None:
+            value = body(ctx)
+        else:
+            with ctx.lease.entered():
+                ctx.lease.check()  # granted too late (the claim's stamp is nearly a lease old): not ours
+                value = body(ctx)
+    except LeaseLost as lost:
+        err = LockLostError(f"{ctx.task_id} lost its locks: {lost}")
+        return RunResult(Outcome.FAILED, error=err, message=f"Lost its locks: {lost}")
     except TaskStopped:
         return RunResult(Outcome.CANCELLED, message="Stopped")
     except TaskParked as parked:
@@ -451,16 +659,19 @@ def _landed(rt: Runtime, row: Any, state: TaskState) -> bool:
     return row is not None and row.state == state.value and (row.worker, row.pid) == (rt.worker, rt.pid)
 
 
-def _db_retry(rt: Runtime, what: str, step: Callable[[], T]) -> T:
+def _db_retry(rt: Runtime, what: str, step: Callable[[], T], *, check: Callable[[], None] | None = None) -> T:
     """Run `step` (an idempotent write or a read), again and again while the database is unreachable.
 
     A restarted or failed-over database must not leave a task `queued` with its message gone, or
     `running` with no process, or its locks held until the lease runs out: the step is retried,
-    with backoff, for up to `rt.db_retry_seconds`; then the error goes up.
+    with backoff, for up to `rt.db_retry_seconds`; then the error goes up. `check` runs before every
+    try and may raise to end the retries (a running task's lease: `RunContext.check`).
     """
     deadline = time.monotonic() + rt.db_retry_seconds
     delay = 0.1
     while True:
+        if check is not None:
+            check()
         try:
             return step()
         except DBAPIError as err:

@@ -17,7 +17,7 @@ from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.worker import state as worker_state
 
-from models import FINAL_STATES, dispose_after_fork
+from models import FINAL_STATES, TaskState, dispose_after_fork
 from tasks import records
 from tasks.locking import process_runtime
 from tasks.runner import _wake_ready, recover_dead
@@ -25,6 +25,9 @@ from tasks.runner import _wake_ready, recover_dead
 logger = logging.getLogger(__name__)
 
 _FINAL = {s.value for s in FINAL_STATES}
+
+#: This node's name, as its task rows carry it (set in the main process when the worker starts).
+_node: dict[str, str] = {}
 
 
 @signals.worker_process_init.connect
@@ -39,6 +42,7 @@ def _reconcile_node(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None)
     if not hostname:
         return
+    _node["hostname"] = hostname
     rt = process_runtime(hostname)
     leftover = records.running_on(rt.engine, hostname)
     if leftover:
@@ -50,10 +54,30 @@ def _reconcile_node(sender: Any = None, **_: Any) -> None:
 def _child_lost(
     sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
 ) -> None:
+    """A pool process died holding a message of `task_id`: interrupt the task, if that process ran it.
+
+    The message may be a second copy (a duplicate wake-up, a redelivery) of a task that another
+    process runs: that process lives on, and so do its task and locks. WorkerLostError does not say
+    which process died, so the task row decides: only a task running on this node whose process
+    (the row's pid) is gone is interrupted. A pid already reused by a new process keeps the task
+    alive until the lease frees it: late, never wrong.
+    """
     if task_id is None or not isinstance(exception, WorkerLostError):
         return
-    hostname = getattr(getattr(sender, "request", None), "hostname", None) or "worker"
+    hostname = _node.get("hostname") or getattr(getattr(sender, "request", None), "hostname", None) or "worker"
     rt = process_runtime(hostname)
+    row = records.get(rt.engine, task_id)
+    if row is None or row.state != TaskState.RUNNING.value:
+        logger.info("task %s: a pool process died with its message; the task is %s there", task_id, row and row.state)
+        return
+    if row.worker != hostname or (row.pid and _start_time(int(row.pid)) is not None):
+        logger.warning(
+            "task %s: a pool process died with a copy of its message; the task runs on in %s pid %s",
+            task_id,
+            row.worker,
+            row.pid,
+        )
+        return
     recover_dead(rt, [task_id], reason=f"its worker process died ({exception})")
 
 

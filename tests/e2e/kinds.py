@@ -113,3 +113,27 @@ def t_fenced_count(ctx: RunContext, *, app_id: str, counter: str = "", seconds: 
             .values(value=seen + 1, writers=counters.c.writers + f"{ctx.task_id} ")
         )
     return {"seen": seen, "wrote": seen + 1}
+
+
+def steps_file(app_id: str) -> Path:
+    """Where `t_steps` logs each step of work it does on app `app_id`."""
+    return get_settings().resolved_data_dir / "steps" / f"{app_id}.jsonl"
+
+
+@locked_task(kind="t_steps", plan={"platform": "S", "app:{app_id}": "X"}, queue="apptask")
+def t_steps(ctx: RunContext, *, app_id: str, steps: int = 10, step_seconds: float = 0.1) -> dict[str, Any]:
+    """Work on the app in steps, logging each step as it is done: two tasks whose steps interleave on one
+    app worked on it at once. A step is logged only after `ctx.check()` (the task still holds its locks)."""
+    path = steps_file(app_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(steps):
+        ctx.progress(100 * i // steps, f"step {i + 1}/{steps} on {app_id}")
+        ctx.check()
+        line = json.dumps({"task": ctx.task_id, "pid": os.getpid(), "step": i, "t": time.time()}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())  # one write: a process killed meanwhile leaves no half line
+        finally:
+            os.close(fd)
+        time.sleep(step_seconds)
+    return {"steps": steps}

@@ -21,7 +21,7 @@ from lockman import LockManager, LockTable
 from models import FINAL_STATES, Task, get_engine
 from tasks.client import enqueue
 from tests.e2e.harness import Worker
-from tests.e2e.kinds import trace_file
+from tests.e2e.kinds import steps_file, trace_file
 
 FINAL = {s.value for s in FINAL_STATES}
 #: How a task that failed because of the database says so.
@@ -158,3 +158,35 @@ def wait_succeeded(count: int, *, timeout: float, workers: Sequence[Worker]) -> 
         if time.monotonic() >= deadline:
             raise AssertionError(f"fewer than {count} tasks succeeded in {timeout}s:\n{tails(workers)}")
         time.sleep(0.2)
+
+
+def steps(app_id: str) -> list[dict[str, Any]]:
+    """The steps of work `t_steps` tasks logged on `app_id`, in the order they were logged."""
+    path = steps_file(app_id)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def working_spans(app_id: str) -> list[tuple[float, float, str]]:
+    """Per task, from its first to its last logged step on `app_id`: (first, last, task), by first."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for s in steps(app_id):
+        first.setdefault(s["task"], s["t"])
+        last[s["task"]] = s["t"]
+    return sorted((first[t], last[t], t) for t in first)
+
+
+def assert_never_two_working(app_ids: Iterable[str]) -> int:
+    """No step of one task on an app falls between the first and the last step of another; the steps checked."""
+    checked = 0
+    for app_id in app_ids:
+        spans_ = working_spans(app_id)
+        for (_, end, before), (start, _, after) in itertools.pairwise(spans_):
+            assert start > end, (
+                f"two tasks worked on app {app_id} at once: {after} stepped at {start:.3f}, "
+                f"before {before} took its last step at {end:.3f} ({end - start:.3f}s later)"
+            )
+        checked += len(steps(app_id))
+    return checked

@@ -74,8 +74,9 @@ def test_outage_longer_than_lease_does_not_evict_a_holder(
 def test_the_heartbeat_thread_outlives_the_outage_and_keeps_the_locks(
     mariadb_server: PrivateMariaDB, database: tuple[str, Engine]
 ) -> None:
-    """The runner's own heartbeat thread: its beats fail while the database is down; after the
-    restart it beats again, so the holder stays alive well past one lease from the restart."""
+    """The heartbeat thread with no lease to keep (the runner's keeps one, and stops the task instead:
+    tests/faults/test_lease_loss.py): its beats fail while the database is down; after the restart it
+    beats again, so the holder stays alive well past one lease from the restart."""
     url, engine = database
     holder, waiter = add_owner(engine), add_owner(engine, state=TaskState.WAITING)
     manager = LockManager(url, lease=LEASE)
