@@ -7,7 +7,14 @@ read the database; the worker imports `tasks.kinds` and `tasks.signals`.
 from __future__ import annotations
 
 from tasks.celery import app
-from tasks.errors import BrokerUnavailableError, TaskDefinitionError, TaskError, TaskNotFoundError, TaskStopped
+from tasks.errors import (
+    BrokerUnavailableError,
+    TaskDefinitionError,
+    TaskError,
+    TaskNotFoundError,
+    TaskStopped,
+    TaskTimedOut,
+)
 
 __all__ = [
     # the Celery app
@@ -18,4 +25,5 @@ __all__ = [
     "TaskError",
     "TaskNotFoundError",
     "TaskStopped",
+    "TaskTimedOut",
 ]

@@ -21,3 +21,7 @@ class BrokerUnavailableError(TaskError):
 
 class TaskStopped(BaseException):
     """Raised in a running task's process when it is asked to stop (SIGTERM); unwinds to cleanup."""
+
+
+class TaskTimedOut(TaskError):
+    """A task ran past its soft time limit: raised in its body, which cleans up; the task ends `failed`."""
