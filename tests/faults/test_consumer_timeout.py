@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from tasks.client import enqueue
 from tests.e2e.harness import Env, Worker, wait_state
@@ -92,7 +93,16 @@ def redis_env(fault_env: Env) -> Iterator[Env]:
     }
     fault_env.extra["BOXTASKS_BROKER_TRANSPORT_OPTIONS"] = json.dumps(options)
     fault_env.apply_to_this_process()
-    yield fault_env
+    try:
+        yield fault_env
+    finally:
+        client = redis.Redis.from_url(fault_env.broker_url)
+        try:
+            keys = list(client.scan_iter(match=f"{options['global_keyprefix']}*"))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
 
 def test_task_longer_than_redis_visibility_timeout(redis_env: Env, start_worker: Callable[..., Worker]) -> None:
