@@ -63,17 +63,17 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Settings for long, killable tasks.
 
-    * A message is acknowledged when a worker process takes its task (acks_late off), not when the
-      task ends: a task runs for hours (a nightly full backup), longer than RabbitMQ lets a consumer
+    * A locked task's message is acknowledged when a worker process takes it (`LockedTask.acks_late`
+      off), not when the task ends: a task runs for hours (a nightly full backup), longer than RabbitMQ lets a consumer
       hold an unacknowledged delivery (`consumer_timeout`, 30 minutes by default: past it the broker
       closes the channel and the node stops) and longer than Redis keeps a delivery invisible
       (`visibility_timeout`: past it another node runs it too). The task row is the record and the
       claim (queued|waiting -> running, one winner) the guard against a second run; a message
       acknowledged but never claimed (its node died in between) leaves a `queued` row that the
       sweep sends again (`tasks.maintenance`).
-    * prefetch 1: a node reserves at most one message per free process; with Redis it reserves
-      none beyond its free processes (`worker_disable_prefetch`), so a message never waits in a
-      busy node while another could run it.
+    * A node reserves messages only for its free processes: with RabbitMQ the window follows them
+      (`tasks.flow`), with Redis `worker_disable_prefetch`; so a message never waits in a busy node
+      while another could run it. The short housekeeping tasks keep acks_late (the default here).
     * reject_on_worker_lost stays False: a child killed mid-task (SIGKILL, OOM, a hard time limit)
       is not re-run, since operations on apps are not idempotent; the task is marked (`interrupted`,
       or `failed` for a time limit) and its locks are freed once the process is gone.
@@ -88,7 +88,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "result_backend": None,
         "task_ignore_result": True,
-        "task_acks_late": False,
+        "task_acks_late": True,  # locked tasks: False (tasks.locking)
         "task_reject_on_worker_lost": False,
         "worker_prefetch_multiplier": 1,
         "worker_disable_prefetch": settings.broker_is_redis,

@@ -8,6 +8,7 @@ from celery import Celery
 
 from config import get_settings
 from config.celery import celery_config
+from tasks.flow import Flow
 from tasks.poolwatch import PoolWatch
 
 
@@ -21,3 +22,4 @@ app = Celery(
 # add_defaults takes a callable: the settings are read when the config is first needed, not at import.
 app.add_defaults(_config)
 app.steps["worker"].add(PoolWatch)
+app.steps["consumer"].add(Flow)

@@ -148,6 +148,8 @@ class LockedTask(Task):  # type: ignore[misc]
     body: Body
     #: The worker's request class: time limits by kind and app operation, from settings.
     Request = "tasks.timelimits:LimitedRequest"
+    #: Acknowledged when a process takes it, not when it ends (hours later): see config.celery.
+    acks_late = False
 
     def run(self, **kwargs: Any) -> Any:
         task_id = self.request.id

@@ -19,7 +19,7 @@ from celery.worker.request import Request
 
 from config import get_settings
 from models import FINAL_STATES, TaskState
-from tasks import records
+from tasks import flow, records
 from tasks.runner import _wake_ready
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class LimitedRequest(Request):  # type: ignore[misc]
             if limits is not None:
                 soft, hard = limits
                 self.time_limits = (hard, soft)
+
+    def on_accepted(self, pid: int, time_accepted: float) -> None:
+        # Shrink the node's window before the acknowledgement frees a place in it (`tasks.flow`).
+        flow.adjust(taking=self)
+        super().on_accepted(pid, time_accepted)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
