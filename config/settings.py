@@ -7,6 +7,7 @@ so tests and the CLI can set variables before anything asks.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=0.0, ge=0, description="0: a third of the lease")
     sweep_seconds: float = Field(default=10.0, gt=0, description="how often beat sweeps dead lock owners")
     stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL, when stopping a task")
-    broker_transport_options: dict[str, Any] = Field(
+    broker_transport_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description="JSON object handed to kombu for an amqp/redis broker, e.g. Redis's global_keyprefix",
     )
@@ -62,7 +63,7 @@ class Settings(BaseSettings):
         gt=0,
         description="a task queued this long, its queue empty, lost its message: the sweep sends it again",
     )
-    time_limits: dict[str, float] = Field(
+    time_limits: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
         description="JSON object of soft time limits in seconds by kind or kind.operation, over the defaults; 0: none",
     )
@@ -148,6 +149,21 @@ class Settings(BaseSettings):
                 f"scheme must be one of {', '.join(_SUPPORTED_BROKER_SCHEMES)} (got {value.split(':', 1)[0]!r})"
             )
         return value
+
+    @field_validator("broker_transport_options", "time_limits", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            parsed = json.loads(value)
+        except ValueError as err:
+            raise ValueError(f'must be a JSON object like {{"apptask": 3600}} ({err})') from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f'must be a JSON object like {{"apptask": 3600}}, not {type(parsed).__name__}')
+        return parsed
 
     @field_validator("time_limits")
     @classmethod
