@@ -27,8 +27,9 @@ TASK_QUEUES = {
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's options for the broker: the embedded broker's folders, else `BOXTASKS_BROKER_TRANSPORT_OPTIONS`."""
     if settings.effective_broker_url != "filesystem://":
-        return {}
+        return dict(settings.broker_transport_options)
     root = settings.resolved_data_dir / "broker"
     for sub in ("queue", "processed", "control"):
         private_dir(root / sub)
@@ -65,12 +66,21 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Settings for long, killable tasks.
 
-    * acks_late + prefetch 1: a message is acknowledged only when its task ends, and a worker
-      process reserves one message at a time, so a busy process never sits on queued work.
-    * reject_on_worker_lost stays False: a child killed mid-task (SIGKILL, OOM) is reported as
-      WorkerLostError, the task is marked `interrupted` and its locks are freed; it is not re-run,
-      since operations on apps are not idempotent. A message the broker redelivers anyway (lost
-      connection) meets the claim guard in `tasks.runner`, which never runs a second copy.
+    * A locked task's message is acknowledged when a worker process takes it (`LockedTask.acks_late`
+      off), not when the task ends: a task runs for hours (a nightly full backup), longer than RabbitMQ lets a consumer
+      hold an unacknowledged delivery (`consumer_timeout`, 30 minutes by default: past it the broker
+      closes the channel and the node stops) and longer than Redis keeps a delivery invisible
+      (`visibility_timeout`: past it another node runs it too). The task row is the record and the
+      claim (queued|waiting -> running, one winner) the guard against a second run; a message
+      acknowledged but never claimed (its node died in between) leaves a `queued` row that the
+      sweep sends again (`tasks.maintenance`).
+    * A node reserves messages only for its free processes: with RabbitMQ the window follows them
+      (`tasks.flow`), with Redis `worker_disable_prefetch`; so a message never waits in a busy node
+      while another could run it. The short housekeeping tasks keep acks_late (the default here).
+    * reject_on_worker_lost stays False: a child killed mid-task (SIGKILL, OOM, a hard time limit)
+      is not re-run, since operations on apps are not idempotent; the task is marked (`interrupted`,
+      or `failed` for a time limit) and its locks are freed once the process is gone.
+    * Time limits per kind and app operation come from settings (`tasks.timelimits`), not from here.
     * track_started + task events: Flower shows STARTED and our custom PROGRESS/WAITING states.
     * No result backend is polled by clients: the `tasks` table is the record.
     """
@@ -81,9 +91,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "result_backend": None,
         "task_ignore_result": True,
-        "task_acks_late": True,
+        "task_acks_late": True,  # locked tasks: False (tasks.locking)
         "task_reject_on_worker_lost": False,
         "worker_prefetch_multiplier": 1,
+        "worker_disable_prefetch": settings.broker_is_redis,
         "task_track_started": True,
         "task_send_sent_event": True,
         "worker_send_task_events": True,

@@ -7,9 +7,10 @@ so tests and the CLI can set variables before anything asks.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +22,22 @@ _SUPPORTED_DB_SCHEMES = ("sqlite", "mysql+pymysql", "mariadb+pymysql", "postgres
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin", "changethis"}
 _HH_MM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _SUPPORTED_BROKER_SCHEMES = ("filesystem", "amqp", "pyamqp", "redis", "rediss", "memory")
+_LIMIT_KEY = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+#: Soft time limits in seconds, by task kind or `kind.operation` (the more precise wins). Past its
+#: soft limit a task cleans up and ends `failed` ("timed out after ..."); past soft + the grace it is
+#: killed. Generous: they catch a task that hangs, not a slow one. Waiting for locks does not count.
+DEFAULT_TIME_LIMITS: dict[str, float] = {
+    "apptask": 3600.0,
+    "apptask.backup": 6 * 3600.0,
+    "apptask.restore": 6 * 3600.0,
+    "apptask.clone": 6 * 3600.0,
+    "apptask.update": 3 * 3600.0,  # backs the app up first
+    "apptask.uninstall": 3 * 3600.0,  # may archive the app
+    "fullbackup": 12 * 3600.0,
+    "update": 3 * 3600.0,
+    "platformstart": 2 * 3600.0,
+}
 
 
 class Settings(BaseSettings):
@@ -37,6 +54,22 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=0.0, ge=0, description="0: a third of the lease")
     sweep_seconds: float = Field(default=10.0, gt=0, description="how often beat sweeps dead lock owners")
     stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL, when stopping a task")
+    broker_transport_options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description="JSON object handed to kombu for an amqp/redis broker, e.g. Redis's global_keyprefix",
+    )
+    requeue_after_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="a task queued this long, its queue empty, lost its message: the sweep sends it again",
+    )
+    time_limits: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="JSON object of soft time limits in seconds by kind or kind.operation, over the defaults; 0: none",
+    )
+    time_limit_grace_seconds: float = Field(
+        default=300.0, gt=0, description="soft time limit to hard (the process is killed)"
+    )
     sql_echo: bool = False
 
     # Flower, as `make run` starts it: basic auth, never open. In development an empty password
@@ -141,6 +174,31 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("broker_transport_options", "time_limits", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            parsed = json.loads(value)
+        except ValueError as err:
+            raise ValueError(f'must be a JSON object like {{"apptask": 3600}} ({err})') from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f'must be a JSON object like {{"apptask": 3600}}, not {type(parsed).__name__}')
+        return parsed
+
+    @field_validator("time_limits")
+    @classmethod
+    def _limit_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, seconds in value.items():
+            if not _LIMIT_KEY.match(key):
+                raise ValueError(f"{key!r} is not a task kind or kind.operation, like 'apptask' or 'apptask.backup'")
+            if seconds < 0:
+                raise ValueError(f"{key!r}: a time limit is seconds >= 0 (0: no limit), got {seconds}")
+        return value
+
     @field_validator("backup_at")
     @classmethod
     def _hour_minute(cls, value: str) -> str:
@@ -201,6 +259,19 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.effective_broker_url.split("://", 1)[0] in ("redis", "rediss")
+
+    def time_limits_for(self, kind: str, operation: object = None) -> tuple[float, float] | None:
+        """(soft, hard) seconds for one run of a task of `kind` (an apptask: of `operation`), or None."""
+        limits = {**DEFAULT_TIME_LIMITS, **self.time_limits}
+        keys = [f"{kind}.{operation}"] if isinstance(operation, str) else []
+        soft = next((limits[k] for k in [*keys, kind] if k in limits), None)
+        if not soft:
+            return None
+        return soft, soft + self.time_limit_grace_seconds
 
     @property
     def backup_time(self) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ from tasks.errors import (
     TaskError,
     TaskNotFoundError,
     TaskStopped,
+    TaskTimedOut,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "TaskError",
     "TaskNotFoundError",
     "TaskStopped",
+    "TaskTimedOut",
 ]

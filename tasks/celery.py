@@ -8,6 +8,7 @@ from celery import Celery, signals
 
 from config import get_settings
 from config.celery import celery_config
+from tasks.flow import Flow
 from tasks.flower_auth import refuse_open_flower
 from tasks.poolwatch import PoolWatch
 
@@ -26,3 +27,4 @@ app.add_defaults(_config)
 app.steps["worker"].add(PoolWatch)
 # `celery -A tasks flower` with no authentication exits before it serves (tasks/flower_auth.py).
 signals.import_modules.connect(refuse_open_flower, sender=app, weak=False)
+app.steps["consumer"].add(Flow)

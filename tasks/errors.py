@@ -38,3 +38,7 @@ class LeaseLost(BaseException):
 
     A BaseException, like TaskStopped, so that an operation's `except Exception` does not swallow it.
     """
+
+
+class TaskTimedOut(TaskError):
+    """A task ran past its soft time limit: raised in its body, which cleans up; the task ends `failed`."""

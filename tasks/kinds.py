@@ -5,14 +5,18 @@ Thin by design: unpack arguments, let the decorator take the locks, call `hostin
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from celery import Task
 
+from config import get_settings
 from hosting import operations
 from hosting.fullbackup import back_up_apps
+from tasks import broker
 from tasks.celery import app
 from tasks.locking import locked_task, process_runtime
+from tasks.maintenance import Requeue
 from tasks.maintenance import sweep as sweep_once
 from tasks.runner import RunContext
 
@@ -54,4 +58,9 @@ def platformstart(ctx: RunContext) -> Any:
 
 @app.task(name="boxtasks.sweep", bind=True, ignore_result=True)
 def sweep(self: Task) -> dict[str, list[str]]:
-    return sweep_once(process_runtime(self.request.hostname or "beat")).as_dict()
+    requeue = Requeue(
+        after=dt.timedelta(seconds=get_settings().requeue_after_seconds),
+        ready_count=broker.ready_count,
+        resend=broker.resend,
+    )
+    return sweep_once(process_runtime(self.request.hostname or "beat"), requeue).as_dict()

@@ -17,10 +17,12 @@ import os
 import signal
 import string
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task
 from celery.exceptions import Ignore
 
@@ -30,8 +32,9 @@ from models import TaskState, get_engine
 from models.secrets import is_masked
 from tasks import records
 from tasks.celery import app
-from tasks.errors import TaskDefinitionError, TaskNotFoundError, TaskStopped
+from tasks.errors import TaskDefinitionError, TaskNotFoundError, TaskStopped, TaskTimedOut
 from tasks.runner import Outcome, RunContext, Runtime, execute
+from tasks.timelimits import limits_for
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +103,13 @@ def process_runtime(worker: str) -> Runtime:
 
 
 @contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn the first SIGTERM (a stop) into TaskStopped in the task's thread; later ones are ignored."""
+def stop_on_sigterm(*, ignore_after: float | None = None) -> Iterator[None]:
+    """Turn the first SIGTERM (a stop) into TaskStopped in the task's thread; later ones are ignored.
+
+    `ignore_after` (a `time.monotonic()` instant, the soft time limit): a SIGTERM after it is the pool
+    killing the task at its hard limit (SIGTERM, SIGKILL a moment later), not a stop: it is ignored,
+    so the task never ends `cancelled` for it; the worker marks it once the process is gone.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -109,7 +117,7 @@ def stop_on_sigterm() -> Iterator[None]:
 
     def handler(signum: int, frame: object) -> None:
         nonlocal fired
-        if fired:
+        if fired or (ignore_after is not None and time.monotonic() >= ignore_after):
             return
         fired = True
         raise TaskStopped(f"stopped by signal {signum}")
@@ -136,12 +144,28 @@ def task_args(ctx: RunContext, sent: Mapping[str, Any]) -> dict[str, Any]:
     return dict(row.args)
 
 
+def _timed(body: Callable[[RunContext], Any], soft: float | None) -> Callable[[RunContext], Any]:
+    """`body`, with the pool's soft time limit turned into TaskTimedOut (the task ends `failed`, and says why)."""
+
+    def run(ctx: RunContext) -> Any:
+        try:
+            return body(ctx)
+        except SoftTimeLimitExceeded as err:
+            raise TaskTimedOut(f"timed out after {soft:g}s (soft time limit)") from err
+
+    return run
+
+
 class LockedTask(Task):  # type: ignore[misc]
     """Base for locked tasks: runs the body through `tasks.runner`, mirrors progress to Flower."""
 
     kind: str = ""
     plan: Mapping[str, str] = {}
     body: Body
+    #: The worker's request class: time limits by kind and app operation, from settings.
+    Request = "tasks.timelimits:LimitedRequest"
+    #: Acknowledged when a process takes it, not when it ends (hours later): see config.celery.
+    acks_late = False
 
     def run(self, **kwargs: Any) -> Any:
         task_id = self.request.id
@@ -154,9 +178,11 @@ class LockedTask(Task):  # type: ignore[misc]
             records.finish(runtime.engine, task_id, TaskState.FAILED, message=f"Bad arguments: {err}", error=str(err))
             raise
         runtime.mirror = functools.partial(self._mirror, kwargs=kwargs)
-        body = type(self).body
-        with stop_on_sigterm():
-            result = execute(runtime, task_id, self.kind, locks, lambda ctx: body(ctx, **task_args(ctx, kwargs)))
+        limits = limits_for(self.kind, kwargs)
+        soft = limits[0] if limits is not None else None
+        body = _timed(lambda ctx: type(self).body(ctx, **task_args(ctx, kwargs)), soft)
+        with stop_on_sigterm(ignore_after=None if soft is None else time.monotonic() + soft):
+            result = execute(runtime, task_id, self.kind, locks, body)
         if result.outcome is Outcome.WAITING:
             self.send_event("task-waiting", message=result.message, kind=self.kind, result=result.message)
             raise Ignore()

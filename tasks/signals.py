@@ -101,13 +101,14 @@ def _revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
     # reports a lost child as terminated.
     pid = (row.pid if row is not None else None) or getattr(request, "worker_pid", None)
     if pid:
-        _after_exit(int(pid), task_id, hostname=getattr(request, "hostname", None) or "worker")
+        after_exit(int(pid), task_id, hostname=getattr(request, "hostname", None) or "worker", reason="stopped")
     else:
         logger.warning("task %s revoked with no known pid; the sweep frees its locks after the lease", task_id)
 
 
-def _after_exit(pid: int, task_id: str, *, hostname: str, timeout: float = 600.0) -> None:
-    """Free the task's locks once process `pid` has exited, unless the task cleaned up itself."""
+def after_exit(pid: int, task_id: str, *, hostname: str, reason: str, timeout: float = 600.0) -> None:
+    """In a thread: once process `pid` has exited, end the task (`recover_dead`, saying `reason`) and
+    free its locks, unless the task ended itself first (it handled SIGTERM and cleaned up)."""
     started = _start_time(pid)
 
     def watch() -> None:
@@ -115,7 +116,7 @@ def _after_exit(pid: int, task_id: str, *, hostname: str, timeout: float = 600.0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _start_time(pid) != started or started is None:
-                recover_dead(rt, [task_id], reason="stopped")
+                recover_dead(rt, [task_id], reason=reason)
                 return
             row = records.get(rt.engine, task_id)
             if row is None or row.state in _FINAL:

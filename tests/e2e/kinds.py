@@ -137,3 +137,17 @@ def t_steps(ctx: RunContext, *, app_id: str, steps: int = 10, step_seconds: floa
             os.close(fd)
         time.sleep(step_seconds)
     return {"steps": steps}
+
+
+@locked_task(kind="t_hang", plan={"platform": "S", "app:{app_id}": "X"}, queue="apptask")
+def t_hang(ctx: RunContext, *, app_id: str, seconds: float = 600.0) -> None:
+    """Stands for a task stuck where its soft time limit cannot end it: it swallows every Exception."""
+    deadline = time.monotonic() + seconds
+    step = 0
+    while time.monotonic() < deadline:
+        step += 1
+        try:
+            ctx.progress(min(99, step), f"hanging on {app_id}")
+            time.sleep(0.1)
+        except Exception:  # the point of this kind
+            continue

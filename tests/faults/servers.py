@@ -208,9 +208,13 @@ def private_mariadb() -> Iterator[PrivateMariaDB]:
 
 
 class PrivateRabbitMQ:
-    """`rabbitmq-server` as a node of its own: own ports, own epmd, own cookie, own mnesia dir."""
+    """`rabbitmq-server` as a node of its own: own ports, own epmd, own cookie, own mnesia dir.
 
-    def __init__(self, root: Path) -> None:
+    `consumer_timeout_ms`: how long the node lets a consumer hold an unacknowledged delivery before it
+    closes the channel (RabbitMQ's default is 30 minutes); None keeps the default.
+    """
+
+    def __init__(self, root: Path, *, consumer_timeout_ms: int | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.dist_port = free_port()
@@ -224,7 +228,13 @@ class PrivateRabbitMQ:
         if direct.exists():
             self._server = str(direct)
         (root / "enabled_plugins").write_text("[].\n")
-        (root / "rabbitmq.conf").write_text("")
+        conf = "" if consumer_timeout_ms is None else f"consumer_timeout = {consumer_timeout_ms}\n"
+        (root / "rabbitmq.conf").write_text(conf)
+        if consumer_timeout_ms is not None:
+            # A channel looks at its consumers' deliveries on its tick, once a minute by default: tick
+            # as often as the timeout, so that a delivery is timed out soon after it is due.
+            tick = max(200, min(consumer_timeout_ms, 60_000))
+            (root / "advanced.config").write_text(f"[{{rabbit, [{{channel_tick_interval, {tick}}}]}}].\n")
         (root / "rabbitmq-env.conf").write_text("")
 
     @property
@@ -306,11 +316,11 @@ class PrivateRabbitMQ:
 
 
 @contextmanager
-def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+def private_rabbitmq(*, consumer_timeout_ms: int | None = None) -> Iterator[PrivateRabbitMQ]:
     root = Path(tempfile.mkdtemp(prefix="bt-rabbitmq-"))
     server: PrivateRabbitMQ | None = None
     try:
-        server = PrivateRabbitMQ(root)
+        server = PrivateRabbitMQ(root, consumer_timeout_ms=consumer_timeout_ms)
         server.start()
         yield server
     finally:
