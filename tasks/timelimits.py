@@ -4,7 +4,8 @@ Soft: the pool raises SoftTimeLimitExceeded in the task's process; `tasks.lockin
 TaskTimedOut, the body's cleanup runs and the task ends `failed`, "timed out after N s". Hard (soft +
 grace): the pool kills the process. Celery calls the hard-timeout handler *before* the kill, so the
 task is marked `interrupted` (and the admin told) and its locks freed only once its process is gone,
-never while it may still write (`tasks.signals.after_exit`). A limit counts one run of the task: time spent waiting for locks is not counted.
+never while it may still write (`tasks.signals.after_exit`). A limit counts one run of the task:
+time spent waiting for locks is not counted.
 """
 
 from __future__ import annotations
