@@ -9,7 +9,8 @@ the task path never waits long behind a delete. Never deleted:
 * an eventlog entry a kept notification points at.
 
 Each batch selects the oldest matching ids by an index (`created_at`), then deletes those ids with
-the same conditions again, so a row that changed in between is left alone.
+the same conditions again, so a row that changed in between is left alone. A task's log lines
+(`task_logs`, bounded per task) go in the same transaction as its row.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy import ColumnElement, Engine, delete, select
 from sqlalchemy.orm import InstrumentedAttribute
 
 from config import Settings
-from models import FINAL_STATES, Backup, Event, Notification, Task, db_utcnow
+from models import FINAL_STATES, Backup, Event, Notification, Task, TaskLogLine, db_utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +87,22 @@ def prune(engine: Engine, retention: Retention, *, now: dt.datetime | None = Non
         now = now or conn.execute(select(db_utcnow())).scalar_one()
     out = Pruned()
 
-    def step(name: str, key: InstrumentedAttribute[Any], order: InstrumentedAttribute[Any], where: Any) -> int:
+    def step(
+        name: str,
+        key: InstrumentedAttribute[Any],
+        order: InstrumentedAttribute[Any],
+        where: Any,
+        with_rows_of: InstrumentedAttribute[Any] | None = None,
+    ) -> int:
         started = time.perf_counter()
-        deleted, out.batches = _in_batches(engine, key, order, where, retention.batch_rows, out.batches)
+        deleted, out.batches = _in_batches(
+            engine, key, order, where, retention.batch_rows, out.batches, with_rows_of=with_rows_of
+        )
         out.seconds[name] = round(time.perf_counter() - started, 3)
         return deleted
 
-    out.tasks = step("tasks", Task.id, Task.created_at, _old_tasks(now - dt.timedelta(days=retention.tasks_days)))
+    cutoff = now - dt.timedelta(days=retention.tasks_days)
+    out.tasks = step("tasks", Task.id, Task.created_at, _old_tasks(cutoff), with_rows_of=TaskLogLine.task_id)
     # Notifications before the eventlog: an event loses its last notification, then may go too.
     cutoff = now - dt.timedelta(days=retention.notifications_days)
     out.notifications = step("notifications", Notification.id, Notification.id, _old_notifications(cutoff))
@@ -116,14 +126,22 @@ def _in_batches(
     where: ColumnElement[bool],
     batch_rows: int,
     batches: int,
+    *,
+    with_rows_of: InstrumentedAttribute[Any] | None = None,
 ) -> tuple[int, int]:
-    """Delete the rows matching `where`, oldest first, `batch_rows` per transaction: (rows deleted, batches)."""
+    """Delete the rows matching `where`, oldest first, `batch_rows` per transaction: (rows deleted, batches).
+
+    `with_rows_of`: a column naming these rows' keys in another table, whose rows go with them.
+    """
     pick = select(key).where(where).order_by(order).limit(batch_rows)
     total = 0
     while True:
         with engine.begin() as conn:
             ids = list(conn.execute(pick).scalars())
             if ids:
+                if with_rows_of is not None:
+                    going = select(key).where(key.in_(ids), where)
+                    conn.execute(delete(with_rows_of.class_).where(with_rows_of.in_(going)))
                 total += conn.execute(delete(key.class_).where(key.in_(ids), where)).rowcount or 0
                 batches += 1
         if len(ids) < batch_rows:

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, delete, insert, select
 from config import load_settings
 from config.celery import beat_schedule
 from hosting import history
-from models import Backup, Event, Notification, Task, db_utcnow
+from models import Backup, Event, Notification, Task, TaskLogLine, db_utcnow
 
 OLD = dt.timedelta(days=400)  # past every default retention
 RETENTION = history.Retention(tasks_days=180, eventlog_days=365, notifications_days=180, batch_rows=2)
@@ -72,6 +72,11 @@ def test_old_history_goes_and_what_is_referenced_stays(engine: Engine) -> None:
     old_event_of_old_note = _event(engine, old)
     recent_event = _event(engine, recent)
     alert_kind = f"hist_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:  # log lines of a task that goes and of one that stays
+        conn.execute(
+            insert(TaskLogLine),
+            [{"task_id": t, "seq": 1, "at": old, "level": "INFO", "line": "x"} for t in (old_done[0], old_backup_task)],
+        )
     old_alert = _notification(engine, old, old_event_of_alert, alert_kind=alert_kind)
     old_note = _notification(engine, old, old_event_of_old_note)
     recent_note = _notification(engine, recent, recent_event)
@@ -83,6 +88,7 @@ def test_old_history_goes_and_what_is_referenced_stays(engine: Engine) -> None:
 
         kept_tasks = [old_running, old_queued, old_backup_task, recent_done]
         assert _ids(engine, Task.id, old_done + kept_tasks) == set(kept_tasks)
+        assert _ids(engine, TaskLogLine.task_id, [old_done[0], old_backup_task]) == {old_backup_task}
         assert _ids(engine, Notification.id, [old_alert, old_note, recent_note]) == {old_alert, recent_note}
         events = [old_event_alone, old_event_of_alert, old_event_of_old_note, recent_event]
         # The old note went first, so its event went too; the alert's event stays with the alert.
@@ -94,6 +100,7 @@ def test_old_history_goes_and_what_is_referenced_stays(engine: Engine) -> None:
         with engine.begin() as conn:
             conn.execute(delete(Backup).where(Backup.id == backup_id))
             conn.execute(delete(Notification).where(Notification.alert_kind == alert_kind))
+            conn.execute(delete(TaskLogLine).where(TaskLogLine.task_id == old_backup_task))
             conn.execute(delete(Task).where(Task.id.in_([old_running, old_queued, old_backup_task])))
 
 
