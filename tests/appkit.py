@@ -145,20 +145,21 @@ def new_app_id(prefix: str = "app") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def kit(mariadb_url: str, dockerd: Dockerd, tmp_path: Path, lock_row: str) -> Iterator[Kit]:
+@contextmanager
+def open_kit(url: str, dockerd: Dockerd, tmp_path: Path, lock_row: str) -> Iterator[Kit]:
+    """A Box on the private dockerd over the database at `url`, with a lock row of its own."""
     settings = load_settings(
         data_dir=tmp_path / "box",
-        database_url=mariadb_url,
+        database_url=url,
         docker_host=dockerd.base_url,
         app_network="none",
         app_stop_timeout_seconds=3,
         receives_mail=False,
         mail_domain="box.test",
     )
-    manager = LockManager(mariadb_url, row_id=lock_row, lease=120.0)
+    manager = LockManager(url, row_id=lock_row, lease=120.0)
     manager.ensure_row()
-    engine = create_engine(mariadb_url)
+    engine = create_engine(url)
     box = Box.from_settings(settings)
     try:
         yield Kit(box=box, engine=engine, manager=manager, dockerd=dockerd, data_dir=tmp_path / "box")
@@ -166,6 +167,12 @@ def kit(mariadb_url: str, dockerd: Dockerd, tmp_path: Path, lock_row: str) -> It
         box.docker.close()
         engine.dispose()
         manager.dispose()
+
+
+@pytest.fixture
+def kit(mariadb_url: str, dockerd: Dockerd, tmp_path: Path, lock_row: str) -> Iterator[Kit]:
+    with open_kit(mariadb_url, dockerd, tmp_path, lock_row) as k:
+        yield k
 
 
 def run_threads(*targets: Any) -> list[Any]:

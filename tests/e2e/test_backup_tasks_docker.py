@@ -168,7 +168,7 @@ def test_clone_from_the_front_door_runs_under_the_new_apps_lock(
     (backup,) = _backups_of(source)
     with get_engine().begin() as conn:
         conn.execute(update(App).where(App.id == source).values(notes="changed later"))
-    with pytest.raises(MissingError, match="no app backup .* of app .someotherapp."):
+    with pytest.raises(MissingError, match=r"no app backup .* of app .someotherapp."):
         actions.clone(get_engine(), "someotherapp", {"backupId": backup.id, "location": "nowhere"})
     started = actions.clone(get_engine(), source, {"backupId": backup.id, "location": f"{source}-copy"})
     assert started.app_id != source
