@@ -13,7 +13,7 @@ from api.schemas import CapabilitiesOut, FullBackupRequest, NoOptions, PlatformU
 
 router = APIRouter(prefix="/platform", tags=["platform"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
-_STARTS = errors(422, 501, 503)
+_STARTS = errors(404, 409, 422, 501, 503)
 
 
 @router.get("/capabilities", response_model=CapabilitiesOut, dependencies=[Depends(auth.read)], responses=errors())

@@ -30,6 +30,7 @@ from tests.cli_run import Result, boxtasks
 from tests.dockerd import Dockerd
 from tests.e2e.conftest import e2e_env, start_worker
 from tests.e2e.harness import Env, Worker, purge_queues, wait_state
+from tests.services import fresh_database
 
 __all__ = ["e2e_env", "start_worker"]  # the fixtures, imported for this module
 
@@ -116,8 +117,10 @@ class Planted:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
-def backend_url(request: pytest.FixtureRequest, _databases: dict[str, str]) -> str:
-    return _databases[request.param]
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: the apps, addons and the trigger it plants stay out of other tests."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

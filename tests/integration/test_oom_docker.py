@@ -52,7 +52,11 @@ def test_oom_kill_raises_a_notification_and_no_email(kit: Kit, smtp_sink: SmtpSi
     app, outcome = seen[0]
     assert app == app_id and outcome.notified and outcome.emails == ()
     container = kit.app(app_id).container_id
-    assert [e.source["app_id"] for e in kit.events("app.oom") if e.data["containerId"] == container] == [app_id]
+    # Its restart policy brings the app back to be killed again: a loaded machine may see a second OOM
+    # before the watcher stops. Each is in the eventlog; only the first is news (`repeat_after`).
+    oom_apps = [e.source["app_id"] for e in kit.events("app.oom") if e.data["containerId"] == container]
+    assert oom_apps and set(oom_apps) == {app_id}
+    assert [a for a, o in seen if o.notified] == [app_id]
     titles = [n.title for n in kit.notifications() if n.event_id == outcome.event_id]
     assert titles == [f"App {app_id} ran out of memory"]
     assert smtp_sink.messages == []

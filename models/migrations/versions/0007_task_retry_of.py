@@ -29,12 +29,17 @@ def upgrade() -> None:
     op.bulk_insert(guards, [{"kind": k, "task_id": None} for k in ("fullbackup", "update", "platformstart")])
     op.create_index("ix_tasks_created_at", "tasks", ["created_at"])
     op.create_index("ix_eventlog_created_at", "eventlog", ["created_at"])
-    if not _fk_indexed():
+    if _fk_indexed():
+        # The foreign key's own index serves; it takes the name the models give it.
+        op.execute("ALTER TABLE notifications RENAME INDEX fk_notifications_event_id_eventlog TO ix_notifications_event_id")
+    else:
         op.create_index("ix_notifications_event_id", "notifications", ["event_id"])
 
 
 def downgrade() -> None:
-    if not _fk_indexed():
+    if _fk_indexed():
+        op.execute("ALTER TABLE notifications RENAME INDEX ix_notifications_event_id TO fk_notifications_event_id_eventlog")
+    else:
         op.drop_index("ix_notifications_event_id", table_name="notifications")
     op.drop_index("ix_eventlog_created_at", table_name="eventlog")
     op.drop_index("ix_tasks_created_at", table_name="tasks")
@@ -44,5 +49,6 @@ def downgrade() -> None:
 
 
 def _fk_indexed() -> bool:
-    """MySQL and MariaDB index every foreign key column already (and keep that index for the key)."""
+    """MySQL and MariaDB index every foreign key column already (and keep that index for the key: a
+    second index on the column could not be dropped again)."""
     return op.get_bind().dialect.name in ("mysql", "mariadb")
