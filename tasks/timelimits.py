@@ -21,6 +21,7 @@ from tasks import flow
 
 logger = logging.getLogger(__name__)
 
+
 def limits_for(kind: str, kwargs: Mapping[str, Any]) -> tuple[float, float] | None:
     """(soft, hard) seconds for one run of a task of `kind` called with `kwargs`, or None."""
     if not kind:
