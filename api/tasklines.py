@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from api import queries
-from models import FINAL_STATES
+from models import FINAL_STATES, Task
+from models.secrets import known_secrets, scrub, secret_values
 from tasks import logstore
 
 FINAL = {s.value for s in FINAL_STATES}
@@ -22,19 +23,29 @@ POLL_SECONDS = 0.5
 GRACE_SECONDS = 1.5
 
 
+def _secrets(engine: Engine, task_id: str) -> set[str]:
+    """What the lines must not show: the task's own secrets and those the box holds now (a line may
+    quote one: an exception's text, a driver's message, a dump tool's stderr)."""
+    with engine.connect() as conn:
+        args = conn.execute(select(Task.args).where(Task.id == task_id)).scalar()
+        return known_secrets(conn) | secret_values(args or {})
+
+
 def text(engine: Engine, task_id: str) -> Iterator[str]:
     """The lines written so far, a batch at a time (the caller has checked that the task exists)."""
+    secrets = _secrets(engine, task_id)
     after = 0
     for batch in logstore.read_all(engine, task_id):
         chunk, after = logstore.render(batch, after=after)
-        yield chunk
+        yield str(scrub(chunk, secrets))
 
 
 def as_dicts(engine: Engine, task_id: str) -> list[dict[str, Any]]:
     """The lines written so far, for `--json`."""
     queries.get_task(engine, task_id)
+    secrets = _secrets(engine, task_id)
     return [
-        {"seq": x.seq, "at": queries.iso(x.at), "level": x.level, "line": x.line}
+        {"seq": x.seq, "at": queries.iso(x.at), "level": x.level, "line": scrub(x.line, secrets)}
         for batch in logstore.read_all(engine, task_id)
         for x in batch
     ]
@@ -49,6 +60,7 @@ class Follower:
         self.after = 0
         self.state = ""
         self._ended_at: float | None = None
+        self._secrets: set[str] | None = None
 
     @property
     def done(self) -> bool:
@@ -59,8 +71,10 @@ class Follower:
         self.state = queries.get_task(self.engine, self.task_id)["state"]
         if self.state in FINAL and self._ended_at is None:
             self._ended_at = time.monotonic()
+        if self._secrets is None:
+            self._secrets = _secrets(self.engine, self.task_id)
         chunks = []
         for batch in logstore.read_all(self.engine, self.task_id, after=self.after):
             chunk, self.after = logstore.render(batch, after=self.after)
             chunks.append(chunk)
-        return "".join(chunks)
+        return str(scrub("".join(chunks), self._secrets))

@@ -240,6 +240,31 @@ def check_members(members: Iterable[tarfile.TarInfo], what: str) -> None:
             if above is not None and not above.isdir():
                 kind = "link" if above.issym() or above.islnk() else "file"
                 _refuse(what, member, f"lies under {above.name!r}, which is a {kind}, not a directory")
+        if member.issym():
+            via = _link_through_link(member, kinds)
+            if via is not None:
+                _refuse(what, member, f"points through the link {via!r} (links are checked one at a time)")
+
+
+def _link_through_link(member: tarfile.TarInfo, kinds: dict[str, tarfile.TarInfo]) -> str | None:
+    """The symlink member that `member`'s target passes through as a directory, if any.
+
+    Each link's target is checked as text; one that goes through another link (`a -> b/../..`, with
+    `b` a link) lands wherever that link leads, which its text does not show. A link to a link
+    (`lib.so -> lib.so.1`) is fine: the last one is checked on its own.
+    """
+    path = [p for p in posixpath.dirname(_name(member)).split("/") if p]
+    steps = [p for p in member.linkname.split("/") if p not in ("", ".")]
+    for i, part in enumerate(steps):
+        if part == "..":
+            if path:
+                path.pop()
+            continue
+        path.append(part)
+        hit = kinds.get("/".join(path))
+        if i < len(steps) - 1 and hit is not None and hit.issym():
+            return hit.name
+    return None
 
 
 def remove(path: Path) -> bool:

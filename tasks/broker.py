@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from models.secrets import redact
 from tasks.celery import app
 from tasks.client import task_name
 
@@ -29,6 +30,7 @@ def ready_count(queue: str) -> int | None:
 
 
 def resend(rows: Sequence[Any]) -> None:
-    """Send the message of each queued task (id, type, queue, args) again, as `tasks.client.enqueue` did."""
+    """Send the message of each queued task (id, type, queue, args) again, as `tasks.client.enqueue` did
+    (secrets masked: the worker reads them from the row)."""
     for row in rows:
-        app.send_task(task_name(row.type), kwargs=row.args, task_id=row.id, queue=row.queue)
+        app.send_task(task_name(row.type), kwargs=redact(row.args), task_id=row.id, queue=row.queue)

@@ -267,12 +267,12 @@ class _Lease:
             if not self._in_body or (token is not None and token != self._epoch) or self.lost is not None:
                 return False
             self.lost = reason
-            interrupt = None if quiet else self.interrupt
             if quiet:
                 self._raised = True
+            elif self.interrupt is not None:
+                # Under the lock: the body cannot leave `entered` (and its handler go) in between.
+                self.interrupt()
         logger.warning("lost its locks: %s", reason)
-        if interrupt is not None:
-            interrupt()
         return True
 
     def check(self) -> None:
@@ -446,7 +446,9 @@ def _interruptible(lease: _Lease) -> Iterator[None]:
         yield
     finally:
         lease.interrupt = None
-        signal.signal(_LOST_SIGNAL, previous)
+        # Never back to the default action (which ends the process): a signal still on its way
+        # after the body is ignored.
+        signal.signal(_LOST_SIGNAL, signal.SIG_IGN if previous in (signal.SIG_DFL, None) else previous)
 
 
 def _run_body(ctx: RunContext, body: Callable[[RunContext], Any]) -> RunResult:

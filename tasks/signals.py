@@ -87,7 +87,8 @@ def _revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
     task_id = getattr(request, "id", None)
     if task_id is None:
         return
-    rt = process_runtime(getattr(request, "hostname", None) or "worker")
+    hostname = _node.get("hostname") or getattr(request, "hostname", None) or "worker"
+    rt = process_runtime(hostname)
     if task_id in worker_state.revoked:
         records.request_stop(rt.engine, task_id)
     # else: billiard reports a child lost after an earlier graceful terminate as "terminated"
@@ -101,14 +102,18 @@ def _revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
     # reports a lost child as terminated.
     pid = (row.pid if row is not None else None) or getattr(request, "worker_pid", None)
     if pid:
-        after_exit(int(pid), task_id, hostname=getattr(request, "hostname", None) or "worker", reason="stopped")
+        after_exit(int(pid), task_id, hostname=hostname, reason="stopped")
     else:
         logger.warning("task %s revoked with no known pid; the sweep frees its locks after the lease", task_id)
 
 
 def after_exit(pid: int, task_id: str, *, hostname: str, reason: str, timeout: float = 600.0) -> None:
     """In a thread: once process `pid` has exited, end the task (`recover_dead`, saying `reason`) and
-    free its locks, unless the task ended itself first (it handled SIGTERM and cleaned up)."""
+    free its locks, unless the task ended itself first (it handled SIGTERM and cleaned up).
+
+    Only if that process was the one running the task (the row says `running` on this node in
+    `pid`): a revoke or a time limit that met a second copy of the message leaves the live task alone.
+    """
     started = _start_time(pid)
 
     def watch() -> None:
@@ -116,7 +121,17 @@ def after_exit(pid: int, task_id: str, *, hostname: str, reason: str, timeout: f
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _start_time(pid) != started or started is None:
-                recover_dead(rt, [task_id], reason=reason)
+                row = records.get(rt.engine, task_id)
+                if row is not None and (row.state, row.worker, row.pid) == (TaskState.RUNNING.value, hostname, pid):
+                    recover_dead(rt, [task_id], reason=reason)
+                elif row is not None and row.state not in _FINAL:
+                    logger.warning(
+                        "task %s: process %d is gone but the task runs in %s pid %s: left to it",
+                        task_id,
+                        pid,
+                        row.worker,
+                        row.pid,
+                    )
                 return
             row = records.get(rt.engine, task_id)
             if row is None or row.state in _FINAL:

@@ -61,6 +61,14 @@ ATTACKS: dict[str, Callable[[Path], tuple[list[Member], str]]] = {
         [_special("data/hl", tarfile.LNKTYPE, linkname=str(out / "victim.txt")), _file("data/hl")],
         "data/hl",
     ),
+    "links chained out, each inside by its text": lambda out: (
+        [
+            _special("data/x/y/f", tarfile.SYMTYPE, linkname="e/../../.."),
+            _special("data/x/y/e", tarfile.SYMTYPE, linkname="d/../.."),
+            _special("data/x/y/d", tarfile.SYMTYPE, linkname=".."),
+        ],
+        "data/x/y/f",
+    ),
     "setuid file": lambda out: ([_file("data/suid", b"#!/bin/sh\n", mode=0o4755)], "data/suid"),
     "setgid directory": lambda out: ([_special("data/shared", tarfile.DIRTYPE, mode=0o2775)], "data/shared"),
     "sticky directory": lambda out: ([_special("data/tmp", tarfile.DIRTYPE, mode=0o1777)], "data/tmp"),

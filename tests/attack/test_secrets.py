@@ -7,6 +7,7 @@ Real uvicorn, real `boxtasks` subprocesses, real RabbitMQ (this session's vhost)
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from kombu.connection import Connection
 from kombu.entity import Queue
 from sqlalchemy import Engine, insert, text
@@ -24,7 +26,7 @@ from hosting.backups import app_config
 from lockman import LockManager
 from models import App, AppAddon, Archive, Backup, Event, Notification, TaskState, get_engine
 from models.secrets import MARKER, describe_db_error, is_secret_name, redact
-from tasks import records
+from tasks import logstore, records
 from tests.apiserver import running_api
 from tests.cli_run import Result, boxtasks
 from tests.dockerd import Dockerd
@@ -297,6 +299,22 @@ def test_planted_secrets_never_come_out(box: Planted, rabbitmq_url: str) -> None
         malformed = box.cli("app", "configure", app_id, "--env", cli_secret)
         assert malformed.code == 1 and "--env takes NAME=VALUE" in malformed.err
 
+        # Log lines that quote a secret (an exception's text, a dump tool's stderr), as a worker writes them.
+        at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        for seq, (task, quoted) in enumerate([(install_task, install_secret), (failed_task, box.secrets[0])], 1):
+            logstore.append(
+                engine, task, [logstore.Line(seq, at, "ERROR", f"boom: {quoted}")], logstore.Bounds(500, 2000)
+            )
+        # (Following a task streams until it ends: only the failed one has.)
+        for task, query in [(install_task, ""), (failed_task, ""), (failed_task, "?follow=1")]:
+            response = requests.get(
+                f"{api.url}/api/v1/tasks/{task}/log{query}",
+                headers={"Authorization": f"Bearer {toks['read']}", "Accept": "text/plain"},
+                timeout=60,
+            )
+            assert response.status_code == 200 and "boom: " + MARKER in response.text, response.text
+            box.assert_absent(response.text, f"the log of {task}{query}")
+
         # Every read route, for every scope.
         tasks = [install_task, configure_task, cli_task, failed_task]
         routes = [r.format(app=app_id, backup=backup_id) for r in READ_ROUTES]
@@ -326,6 +344,7 @@ def test_planted_secrets_never_come_out(box: Planted, rabbitmq_url: str) -> None
         ("backup", "show", backup_id),
         ("locks",),
         *[("task", "show", t) for t in tasks],
+        *[("task", "logs", t) for t in tasks],
     ]
     for argv in reads:
         for json_flag in ((), ("--json",)):
