@@ -304,13 +304,10 @@ def _enqueue_app(
 
 def release_claim(engine: Engine, app_id: str, operation: str) -> None:
     """Give back what the front door claimed for a task that will never begin (see `hosting.claims`)."""
-    from hosting import claims, ports
+    from hosting import claims
 
     with engine.begin() as conn:
-        if operation == "configure":
-            ports.drop_unbound(conn, app_id)
-        else:
-            claims.release_unstarted(conn, app_id, operation)
+        claims.give_back(conn, app_id, operation)
 
 
 def _parse_options(operation: str, options: Mapping[str, Any]) -> Any:
@@ -548,12 +545,9 @@ def stop(engine: Engine, task_id: str, *, wait: bool = True) -> str:
 
 def _release_after_cancel(engine: Engine, task_id: str) -> None:
     """A task stopped before it ran gives back what its front door claimed (a new app's row and ports)."""
-    from tasks import records
+    from hosting import claims
 
-    row = records.get(engine, task_id)
-    args = row.args if row is not None and isinstance(row.args, dict) else {}
-    if row is not None and row.type == "apptask" and row.app_id and args.get("operation"):
-        release_claim(engine, str(row.app_id), str(args["operation"]))
+    claims.give_back_for_task(engine, task_id)
 
 
 def _enqueue(

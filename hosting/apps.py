@@ -380,10 +380,7 @@ def _refusal_gives_back(ctx: TaskContext, app_id: str, op: str) -> Iterator[None
     except Exception:
         try:
             with ctx.fenced() as conn:
-                if op == "configure":
-                    ports.drop_unbound(conn, app_id)
-                else:
-                    claims.release_unstarted(conn, app_id, op)
+                claims.give_back(conn, app_id, op)
         except Exception:
             logger.exception("app %s: could not give back the claim of a refused %s", app_id, op)
         raise

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hosting import appstate, ports
@@ -104,3 +104,21 @@ def release_unstarted(conn: Connection, app_id: str, operation: str) -> bool:
     if dropped:
         logger.info("app %s: dropped the claim of a %s that never began", app_id, operation)
     return dropped
+
+
+def give_back(conn: Connection, app_id: str, operation: str) -> None:
+    """What the front door claimed for a task of `operation` that will never begin: a new app's
+    untouched row and ports, or the host ports a configure reserved and has not bound."""
+    if operation == "configure":
+        ports.drop_unbound(conn, app_id)
+    else:
+        release_unstarted(conn, app_id, operation)
+
+
+def give_back_for_task(engine: Engine, task_id: str) -> None:
+    """`give_back` for the app task `task_id`, cancelled before it began (other tasks claim nothing)."""
+    with engine.begin() as conn:
+        row = conn.execute(select(Task.type, Task.app_id, Task.args).where(Task.id == task_id)).first()
+        args = row.args if row is not None and isinstance(row.args, dict) else {}
+        if row is not None and row.type == "apptask" and row.app_id and args.get("operation"):
+            give_back(conn, str(row.app_id), str(args["operation"]))

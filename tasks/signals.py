@@ -96,6 +96,7 @@ def _revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
     if not terminated:
         if records.cancel_if_idle(rt.engine, task_id) is not None:
             _wake_ready(rt, rt.manager.release(task_id))
+            _give_back_claim(rt, task_id)
         return
     row = records.get(rt.engine, task_id)
     # The row's pid is the one that claimed the task; the request's may be unset when billiard
@@ -105,6 +106,16 @@ def _revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
         after_exit(int(pid), task_id, hostname=hostname, reason="stopped")
     else:
         logger.warning("task %s revoked with no known pid; the sweep frees its locks after the lease", task_id)
+
+
+def _give_back_claim(rt: Any, task_id: str) -> None:
+    """An app task cancelled before it began gives back what its front door claimed (as `boxtasks task stop`)."""
+    from hosting import claims
+
+    try:
+        claims.give_back_for_task(rt.engine, task_id)
+    except Exception:
+        logger.exception("task %s: could not give back what its front door claimed", task_id)
 
 
 def after_exit(pid: int, task_id: str, *, hostname: str, reason: str, timeout: float = 600.0) -> None:
