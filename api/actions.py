@@ -478,7 +478,7 @@ def retry(engine: Engine, task_id: str) -> Started:
     The arguments go through the same front-door function as a new request (a retried install is
     refused if its location was taken meanwhile); the new task's `retry_of` names the old one.
     """
-    from tasks import records
+    from models import records
 
     row = records.get(engine, task_id)
     if row is None:
@@ -521,7 +521,7 @@ def _start_again(engine: Engine, kind: str, args: dict[str, Any], *, retry_of: s
 
 def check_stoppable(engine: Engine, task_id: str) -> str:
     """The task's state now, or MissingError; a final state means there is nothing to stop."""
-    from tasks import records
+    from models import records
 
     row = records.get(engine, task_id)
     if row is None:
@@ -548,7 +548,7 @@ def stop(engine: Engine, task_id: str, *, wait: bool = True) -> str:
 
 def _release_after_cancel(engine: Engine, task_id: str) -> None:
     """A task stopped before it ran gives back what its front door claimed (a new app's row and ports)."""
-    from tasks import records
+    from models import records
 
     row = records.get(engine, task_id)
     args = row.args if row is not None and isinstance(row.args, dict) else {}

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def release(args: argparse.Namespace) -> int:
-    from tasks import records
+    from models import records
 
     owner: str = args.owner
     engine = get_engine()

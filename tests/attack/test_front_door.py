@@ -400,7 +400,7 @@ def _claim_as_the_front_door(kit: Kit, app_id: str, options: dict[str, Any]) -> 
     """What `api.actions.install` writes (task row, app row, ports in one transaction), without the broker."""
     from hosting import claims, ports
     from hosting.manifest import parse_manifest
-    from tasks import records
+    from models import records
 
     doc = parse_manifest(options["manifest"])
     bindings = ports.check_ports(doc, options.get("ports", {}))

@@ -22,9 +22,8 @@ from sqlalchemy import Engine, insert, text
 from api import tokens
 from hosting.backups import app_config
 from lockman import LockManager
-from models import App, AppAddon, Archive, Backup, Event, Notification, TaskState, get_engine
+from models import App, AppAddon, Archive, Backup, Event, Notification, TaskState, get_engine, records
 from models.secrets import MARKER, describe_db_error, is_secret_name, redact
-from tasks import records
 from tests.apiserver import running_api
 from tests.cli_run import Result, boxtasks
 from tests.dockerd import Dockerd

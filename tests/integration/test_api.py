@@ -29,9 +29,9 @@ from models import (
     PortReservation,
     TaskState,
     get_engine,
+    records,
 )
 from models.migrate import upgrade
-from tasks import records
 from tests.apiserver import ApiServer, running_api
 from tests.e2e.harness import Env
 

@@ -212,8 +212,7 @@ def test_the_lock_bench_reports_every_cell_and_no_violation() -> None:
 def test_a_task_rows_own_writes_cost_one_round_trip_each(mariadb_url: str, wire: Wire) -> None:
     """The runner's writes to its task row (and the client's INSERT) are single statements that
     commit by themselves: no ping, no COMMIT, no ROLLBACK at check-in (`models.autocommit_engine`)."""
-    from models import TaskState, make_engine
-    from tasks import records
+    from models import TaskState, make_engine, records
 
     engine = make_engine(mariadb_url)
     try:

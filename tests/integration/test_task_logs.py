@@ -19,8 +19,8 @@ from sqlalchemy import Engine
 from api import tokens
 from bench import taskrig
 from lockman import LockManager
-from models import TaskState
-from tasks import logstore, records
+from models import TaskState, records
+from tasks import logstore
 from tasks.client import enqueue
 from tasks.logstore import Bounds
 from tasks.tasklog import Capture
