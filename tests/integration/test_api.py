@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from api import tokens
 from cli.errors import CliError
 from config import load_settings
+from frontdoor import tokens
 from lockman import LockManager
 from models import (
     ApiToken,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
-from api import actions, tokens
-from api.errors import DuplicateError, MissingError, StateError
+from frontdoor import actions, tokens
+from frontdoor.errors import DuplicateError, MissingError, StateError
 from models import App, Task, TaskGuard, TaskState, get_engine, records
 from tasks import client
 from tasks.errors import DuplicateTaskError

@@ -16,8 +16,8 @@ import pytest
 import requests
 from sqlalchemy import Engine
 
-from api import tokens
 from bench import taskrig
+from frontdoor import tokens
 from lockman import LockManager
 from models import TaskState, records
 from tasks import logstore

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from sqlalchemy import Engine
 
-from api import queries
+from frontdoor import queries
+from frontdoor.schemas import LogLineOut
 from models import FINAL_STATES
 from tasks import logstore
 
@@ -30,11 +30,11 @@ def text(engine: Engine, task_id: str) -> Iterator[str]:
         yield chunk
 
 
-def as_dicts(engine: Engine, task_id: str) -> list[dict[str, Any]]:
-    """The lines written so far, for `--json`."""
+def lines(engine: Engine, task_id: str) -> list[LogLineOut]:
+    """The lines written so far, for `--json` (MissingError for an unknown task)."""
     queries.get_task(engine, task_id)
     return [
-        {"seq": x.seq, "at": queries.iso(x.at), "level": x.level, "line": x.line}
+        LogLineOut(seq=x.seq, at=queries.iso(x.at), level=x.level, line=x.line)
         for batch in logstore.read_all(engine, task_id)
         for x in batch
     ]
@@ -56,7 +56,7 @@ class Follower:
 
     def poll(self) -> str:
         """The text of the lines written since the last poll (MissingError for an unknown task)."""
-        self.state = queries.get_task(self.engine, self.task_id)["state"]
+        self.state = queries.get_task(self.engine, self.task_id).state
         if self.state in FINAL and self._ended_at is None:
             self._ended_at = time.monotonic()
         chunks = []
