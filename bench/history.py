@@ -1,7 +1,7 @@
 """History retention at a million rows: its time, and `GET /tasks?limit=50` before and after, beside a plain DELETE.
 
-    .venv/bin/python bench/history.py                 # 1,000,000 rows, a readable table
-    .venv/bin/python bench/history.py --rows 100000 --json
+    .venv/bin/python -m bench.history                 # 1,000,000 rows, a readable table
+    .venv/bin/python -m bench.history --rows 100000 --json
 
 One run makes its own MariaDB database (`bt_hist_<random>`, migrated, dropped at the end) and fills
 it server-side (MariaDB's sequence engine): half the rows are tasks, four tenths eventlog entries,

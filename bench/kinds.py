@@ -1,4 +1,4 @@
-"""Task kinds for `bench/tasks.py`, declared with the production decorator.
+"""Task kinds for `bench/task_rates.py`, declared with the production decorator.
 
 Workers load them with `celery -A tasks worker -I bench.kinds`. Every kind takes its queue from
 `enqueue(..., queue=...)`, so one bench run uses queues nobody else consumes.
