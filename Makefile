@@ -28,12 +28,12 @@ test-fast: $(STAMP)
 
 ## bench: benchmarks, each printing its figures beside a baseline measured in the same run; then docs/lock-pairs.png
 bench: $(STAMP)
-	$(BIN)/python bench/locks.py
-	$(BIN)/python bench/tasks.py
-	$(BIN)/python bench/scale.py
+	$(BIN)/python -m bench.locks
+	$(BIN)/python -m bench.task_rates
+	$(BIN)/python -m bench.scale
 	mkdir -p var
-	$(BIN)/python bench/locks.py --json --seconds 1 > var/bench-locks.json
-	$(BIN)/python bench/plot.py var/bench-locks.json -o docs/lock-pairs.png \
+	$(BIN)/python -m bench.locks --json --seconds 1 > var/bench-locks.json
+	$(BIN)/python -m bench.plot var/bench-locks.json -o docs/lock-pairs.png \
 		--title "bench/locks.py --json --seconds 1, $$(nproc) CPUs"
 
 ## lint: ruff and mypy as configured in pyproject.toml

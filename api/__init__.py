@@ -1,33 +1,11 @@
-"""The REST API (FastAPI) and the HTTP-free layer the CLI shares with it.
+"""The REST API (FastAPI) over the front door (`frontdoor`), which it shares with the CLI.
 
 - `api.app.create_app`: the FastAPI app (`uvicorn api.app:create_app --factory`).
-- `api.actions`: check a request and start its task; `api.queries`: read tasks, apps, locks, ...
-- `api.tokens`: bearer tokens (made, hashed, checked).
+- `api.routes`: one module per resource; `api.auth`: bearer tokens; `api.metrics`: /metrics.
 
-Importing `api` imports no web framework: the CLI uses `actions` and `queries` without FastAPI.
+The checks, reads, models and errors are `frontdoor`'s: a route only maps HTTP onto them.
 """
 
 from __future__ import annotations
 
-from api.errors import (
-    AuthError,
-    BadRequestError,
-    BrokerDownError,
-    FrontError,
-    MissingError,
-    NotAvailableError,
-    ScopeError,
-    StateError,
-)
-
-__all__ = [
-    # errors
-    "AuthError",
-    "BadRequestError",
-    "BrokerDownError",
-    "FrontError",
-    "MissingError",
-    "NotAvailableError",
-    "ScopeError",
-    "StateError",
-]
+__all__: list[str] = []

@@ -20,10 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, metrics
-from api.errors import FrontError
 from api.limits import BodyLimit
 from api.routes import ROUTERS
 from config import Settings, get_settings
+from frontdoor.errors import FrontError
 from lockman import LockError, LockManager
 from models import get_engine
 from models.secrets import describe_db_error, where

@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
-from api import tokens
-from api.errors import AuthError, ScopeError
-from api.tokens import TokenInfo
+from frontdoor import tokens
+from frontdoor.errors import AuthError, ScopeError
+from frontdoor.tokens import TokenInfo
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: `boxtasks token create --name NAME`")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import queries
+from frontdoor import queries
 from lockman import LockError, LockManager
 from models import TaskState
 from models.secrets import describe_db_error

@@ -1,7 +1,7 @@
 """History retention at a million rows: its time, and `GET /tasks?limit=50` before and after, beside a plain DELETE.
 
-    .venv/bin/python bench/history.py                 # 1,000,000 rows, a readable table
-    .venv/bin/python bench/history.py --rows 100000 --json
+    .venv/bin/python -m bench.history                 # 1,000,000 rows, a readable table
+    .venv/bin/python -m bench.history --rows 100000 --json
 
 One run makes its own MariaDB database (`bt_hist_<random>`, migrated, dropped at the end) and fills
 it server-side (MariaDB's sequence engine): half the rows are tasks, four tenths eventlog entries,
@@ -10,7 +10,7 @@ the default retention (tasks and notifications 180 days, eventlog 365 days). A f
 final or are named by a backup, and some old events are pointed at by alerts: they must stay.
 
 Measured in the same run:
-* `GET /tasks?limit=50` (`api.queries.list_tasks`), median of 7, before and after;
+* `GET /tasks?limit=50` (`frontdoor.queries.list_tasks`), median of 7, before and after;
 * `hosting.history.prune` (batches of 5,000 rows, one transaction each);
 * the baseline: the same rows deleted by one plain `DELETE ... WHERE created_at < x` per table, on
   copies of the three tables made before the prune (one transaction each, no reference checks).
@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
-from api import queries
+from frontdoor import queries
 from hosting import history
 from models.migrate import upgrade
 

@@ -1,4 +1,4 @@
-"""Task kinds for `bench/tasks.py`, declared with the production decorator.
+"""Task kinds for `bench/task_rates.py`, declared with the production decorator.
 
 Workers load them with `celery -A tasks worker -I bench.kinds`. Every kind takes its queue from
 `enqueue(..., queue=...)`, so one bench run uses queues nobody else consumes.
@@ -19,9 +19,8 @@ from celery.backends.database import DatabaseBackend
 from celery.signals import worker_init
 
 from config import get_settings
-from models import TaskState, get_engine
+from models import TaskState, get_engine, records
 from models.engine import driver_connect_args
-from tasks import records
 from tasks.celery import app
 from tasks.locking import locked_task
 from tasks.runner import RunContext

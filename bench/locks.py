@@ -1,8 +1,8 @@
 """Lock throughput and latency: lockman beside the simple CAS loop, GET_LOCK and a row per lock.
 
-    .venv/bin/python bench/locks.py                       # readable table, MariaDB on 127.0.0.1
-    .venv/bin/python bench/locks.py --json --seconds 0.5 --n 1,2
-    .venv/bin/python bench/locks.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432
+    .venv/bin/python -m bench.locks                       # readable table, MariaDB on 127.0.0.1
+    .venv/bin/python -m bench.locks --json --seconds 0.5 --n 1,2
+    .venv/bin/python -m bench.locks --database-url postgresql+psycopg://postgres@127.0.0.1:5432
 
 One run creates its own database on the server (`bt_lockbench_<random>`), migrates it with
 `models.migrate.upgrade`, and drops it at the end. For each key pattern and each N it starts N
@@ -46,9 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from threading import BrokenBarrierError
 from typing import Any
-
-if __package__ in (None, ""):  # run as `python bench/locks.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import URL, make_url

@@ -1,8 +1,8 @@
 """Plot `bench/locks.py --json`: lock pairs/s against processes, one line per implementation.
 
-    .venv/bin/python bench/locks.py --json --seconds 1 > var/locks.json
-    .venv/bin/python bench/plot.py var/locks.json                # writes docs/lock-pairs.png
-    .venv/bin/python bench/locks.py --json --seconds 1 | .venv/bin/python bench/plot.py -o out.png
+    .venv/bin/python -m bench.locks --json --seconds 1 > var/locks.json
+    .venv/bin/python -m bench.plot var/locks.json                # writes docs/lock-pairs.png
+    .venv/bin/python -m bench.locks --json --seconds 1 | .venv/bin/python -m bench.plot -o out.png
 
 Two panels: distinct keys (every process its own app; all write the one lock row for lockman
 and naive_cas) and the same key (every process wants `app:same` X). Reads

@@ -1,11 +1,11 @@
 """Scale figures: 1,000 apps, a full backup beside 200 apptasks on 8 processes; the lock row's ceiling.
 
-    .venv/bin/python bench/scale.py                  # readable table, each figure beside its target
-    .venv/bin/python bench/scale.py --quick --json   # a smoke test, one JSON object on stdout
+    .venv/bin/python -m bench.scale                  # readable table, each figure beside its target
+    .venv/bin/python -m bench.scale --quick --json   # a smoke test, one JSON object on stdout
 
 One run makes its own database on the server (`bt_bench_<random>`, migrated, dropped at the end)
 and its own queues (`bench_<run>_apptask`, `_backup`, deleted at the end), with the rig of
-`bench/tasks.py` (`bench/taskrig.py`). Every figure is measured in this run; none is compared
+`bench/task_rates.py` (`bench/taskrig.py`). Every figure is measured in this run; none is compared
 with a remembered number.
 
 (a) load. 1,000 App rows are inserted directly (installation_state `installed`; no Docker, no
@@ -54,10 +54,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as `python bench/scale.py`: the repo, not bench/, goes first on the path,
-    # or bench/tasks.py would shadow the `tasks` package.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from sqlalchemy import Row, Table, create_engine, insert, select
 from sqlalchemy.engine import make_url

@@ -1,4 +1,4 @@
-"""The rig of `bench/tasks.py`: its own database, its own queues, worker subprocesses, an event log.
+"""The rig of `bench/task_rates.py`: its own database, its own queues, worker subprocesses, an event log.
 
 Nothing here is shared with another run: the database (`bt_bench_<random>`), the lock row in it,
 the queues (`bench_<run>_<kind>`) and the worker node name carry the run's id, so benchmarks and

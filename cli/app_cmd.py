@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from api import actions, queries
-from api.actions import Started
 from cli.errors import CliError, UsageError
-from cli.output import print_json, print_table
+from cli.output import plain, print_json, print_table
+from frontdoor import actions, queries
+from frontdoor.schemas import StartedOut
 from models import get_engine
 
 #: A manifest is a few KiB; the API refuses bodies over 1 MiB by default.
@@ -80,7 +80,7 @@ def _limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", type=int, metavar="BYTES", help="memory limit in bytes, swap included")
 
 
-def started(args: argparse.Namespace, what: str, result: Started) -> int:
+def started(args: argparse.Namespace, what: str, result: StartedOut) -> int:
     if args.json:
         print_json({"task_id": result.task_id, "app_id": result.app_id})
     else:
@@ -101,13 +101,13 @@ def list_apps(args: argparse.Namespace) -> int:
         ["ID", "LOCATION", "APP", "VERSION", "STATE", "RUN", "PORTS"],
         [
             (
-                a["id"],
-                a["location"],
-                a["appStoreId"],
-                a["version"],
-                a["installationState"],
-                a["runState"],
-                " ".join(f"{k}={v['hostPort']}/{v['type']}" for k, v in sorted(a["portBindings"].items())),
+                a.id,
+                a.location,
+                a.appStoreId,
+                a.version,
+                a.installationState,
+                a.runState,
+                " ".join(f"{k}={v.hostPort}/{v.type}" for k, v in sorted(a.portBindings.items())),
             )
             for a in apps
         ],
@@ -121,7 +121,7 @@ def show_app(args: argparse.Namespace) -> int:
     if args.json:
         print_json(app)
         return 0
-    for key, value in app.items():
+    for key, value in plain(app).items():
         text = json.dumps(value) if isinstance(value, dict | list) else ("-" if value is None else str(value))
         sys.stdout.write(f"{key + ':':<19} {text}\n")
     return 0

@@ -1,4 +1,4 @@
-"""`boxtasks locks`: who holds what, who waits, and why (the report is `api.queries.locks_report`).
+"""`boxtasks locks`: who holds what, who waits, and why (the report is `frontdoor.queries.locks_report`).
 
 `boxtasks locks release --owner TASK` frees the locks of an owner that is dead by the lock
 manager's own rule (its task ended or is gone, or it holds locks and its heartbeat is older than
@@ -13,9 +13,9 @@ import datetime as dt
 import sys
 from typing import Any
 
-from api.queries import locks_report
 from cli.errors import CliError
 from cli.output import print_json, print_table
+from frontdoor.queries import locks_report
 from lockman import LockManager
 from lockman.store import LockStore
 from models import FINAL_STATES, PROCESSLESS_STATES, get_engine
@@ -46,20 +46,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_table(
         ["LOCK", "MODE", "HOLDER", "TASK", "TOKEN"],
-        [(h["name"], h["mode"], h["label"], h["owner"], h["token"]) for h in report["holders"]],
+        [(h.name, h.mode, h.label, h.owner, h.token) for h in report.holders],
         empty="no locks held",
     )
     print_table(
         ["#", "TASK", "KIND", "WANTS", "WHY"],
         [
             (
-                w["seq"],
-                w["owner"],
-                w["label"],
-                " ".join(f"{n}:{m}" for n, m in w["locks"].items()),
-                "; ".join(w["blocked_by"]) or "ready",
+                w.seq,
+                w.owner,
+                w.label,
+                " ".join(f"{n}:{m}" for n, m in w.locks.items()),
+                "; ".join(w.blocked_by) or "ready",
             )
-            for w in report["waiters"]
+            for w in report.waiters
         ],
         empty="no waiters",
     )
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def release(args: argparse.Namespace) -> int:
-    from tasks import records
+    from models import records
 
     owner: str = args.owner
     engine = get_engine()

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.errors import FrontError
 from cli import api_cmd, app_cmd, locks_cmd, platform_cmd, run_cmd, task_cmd, token_cmd
 from cli.errors import CliError
 from config import ConfigError, get_settings
+from frontdoor.errors import FrontError
 from lockman import LockError
 from models import ModelError
 from models.secrets import describe_db_error

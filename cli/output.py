@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 
 def _default(value: object) -> object:
     if isinstance(value, dt.datetime):
@@ -18,7 +20,17 @@ def _default(value: object) -> object:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=_default, indent=2) + "\n")
+    """`value` as JSON; the front door's models (or lists of them) with the keys the API answers with."""
+    sys.stdout.write(json.dumps(plain(value), default=_default, indent=2) + "\n")
+
+
+def plain(value: Any) -> Any:
+    """A model as its JSON shape (`model_dump(mode="json", by_alias=True)`), lists of them item by item."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, empty: str = "(none)") -> None:

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from api import actions, queries
-from api.errors import DuplicateError
 from cli.app_cmd import started
-from cli.output import print_json, print_table
+from cli.output import plain, print_json, print_table
+from frontdoor import actions, queries
+from frontdoor.errors import DuplicateError
 from models import get_engine
 
 
@@ -66,7 +66,7 @@ def list_backups(args: argparse.Namespace) -> int:
         return 0
     print_table(
         ["ID", "TYPE", "APP", "VERSION", "STATE", "SIZE", "CREATED"],
-        [(r["id"], r["type"], r["app_id"] or "-", r["version"], r["state"], r["size"], r["created_at"]) for r in rows],
+        [(r.id, r.type, r.app_id or "-", r.version, r.state, r.size, r.created_at) for r in rows],
         empty="no backups",
     )
     return 0
@@ -77,6 +77,6 @@ def show_backup(args: argparse.Namespace) -> int:
     if args.json:
         print_json(row)
         return 0
-    for key, value in row.items():
+    for key, value in plain(row).items():
         sys.stdout.write(f"{key + ':':<12} {'-' if value is None else value}\n")
     return 0

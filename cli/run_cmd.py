@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api import tokens
 from cli import api_cmd
 from cli.errors import CliError
 from config import Settings, get_settings
 from config.celery import QUEUES
+from frontdoor import tokens
 from models import get_engine
 from models.migrate import upgrade
 

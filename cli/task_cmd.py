@@ -8,9 +8,10 @@ import sys
 import time
 from typing import Any
 
-from api import actions, queries, tasklines
 from cli.errors import CliError
 from cli.output import print_json, print_table
+from frontdoor import actions, queries, tasklines
+from frontdoor.schemas import TaskOut
 from models import FINAL_STATES, TaskState, get_engine
 
 FINAL = {s.value for s in FINAL_STATES}
@@ -63,10 +64,7 @@ def list_tasks(args: argparse.Namespace) -> int:
         return 0
     print_table(
         ["ID", "TYPE", "APP", "STATE", "%", "MESSAGE", "CREATED"],
-        [
-            (r["id"], _kind(r), r["app_id"] or "-", r["state"], r["percent"], _cut(r["message"]), r["created_at"])
-            for r in rows
-        ],
+        [(r.id, _kind(r), r.app_id or "-", r.state, r.percent, _cut(r.message), r.created_at) for r in rows],
         empty="no tasks",
     )
     return 0
@@ -77,17 +75,18 @@ def show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(row)
         return 0
+    fields = row.model_dump(mode="json")
     for key in ("id", "type", "app_id", "state", "percent", "message", "worker", "pid", "created_at"):
-        sys.stdout.write(f"{key + ':':<12} {row[key] if row[key] is not None else '-'}\n")
+        sys.stdout.write(f"{key + ':':<12} {fields[key] if fields[key] is not None else '-'}\n")
     for key in ("started_at", "finished_at"):
-        sys.stdout.write(f"{key + ':':<12} {row[key] or '-'}\n")
-    sys.stdout.write(f"{'args:':<12} {json.dumps(row['args'])}\n")
-    if row["locks"]:
-        sys.stdout.write(f"{'locks:':<12} {json.dumps(row['locks'])}\n")
-    if row["result"] is not None:
-        sys.stdout.write(f"{'result:':<12} {json.dumps(row['result'])}\n")
-    if row["error"]:
-        sys.stdout.write(f"error:\n{row['error']}\n")
+        sys.stdout.write(f"{key + ':':<12} {fields[key] or '-'}\n")
+    sys.stdout.write(f"{'args:':<12} {json.dumps(row.args)}\n")
+    if row.locks:
+        sys.stdout.write(f"{'locks:':<12} {json.dumps(row.locks)}\n")
+    if row.result is not None:
+        sys.stdout.write(f"{'result:':<12} {json.dumps(row.result)}\n")
+    if row.error:
+        sys.stdout.write(f"error:\n{row.error}\n")
     return 0
 
 
@@ -96,17 +95,18 @@ def wait(args: argparse.Namespace) -> int:
     if args.json:
         print_json(row)
     else:
-        sys.stdout.write(f"{row['state']}: {row['message']}\n")
-    return 0 if row["state"] == TaskState.SUCCEEDED.value else 1
+        sys.stdout.write(f"{row.state}: {row.message}\n")
+    return 0 if row.state == TaskState.SUCCEEDED.value else 1
 
 
 def watch(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not args.json
 
-    def show_change(row: dict[str, Any]) -> None:
+    def show_change(row: TaskOut) -> None:
         if args.json:
-            keys = ("id", "state", "percent", "message")
-            sys.stdout.write(json.dumps({k: row[k] for k in keys}) + "\n")
+            sys.stdout.write(
+                json.dumps(row.model_dump(mode="json", include={"id", "state", "percent", "message"})) + "\n"
+            )
         else:
             line = render_bar(row)
             sys.stdout.write(("\r\x1b[2K" + line) if tty else line + "\n")
@@ -115,7 +115,7 @@ def watch(args: argparse.Namespace) -> int:
     row = _follow(args.task_id, args.timeout, on_change=show_change)
     if tty:
         sys.stdout.write("\n")
-    return 0 if row["state"] == TaskState.SUCCEEDED.value else 1
+    return 0 if row.state == TaskState.SUCCEEDED.value else 1
 
 
 def stop(args: argparse.Namespace) -> int:
@@ -128,9 +128,9 @@ def stop(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
-    from api.errors import DuplicateError
     from cli.app_cmd import started
     from cli.platform_cmd import already_under_way
+    from frontdoor.errors import DuplicateError
 
     try:
         result = actions.retry(get_engine(), args.task_id)
@@ -143,7 +143,7 @@ def logs(args: argparse.Namespace) -> int:
     engine = get_engine()
     if not args.follow:
         if args.json:
-            print_json(tasklines.as_dicts(engine, args.task_id))
+            print_json(tasklines.lines(engine, args.task_id))
             return 0
         queries.get_task(engine, args.task_id)
         for chunk in tasklines.text(engine, args.task_id):
@@ -159,32 +159,32 @@ def logs(args: argparse.Namespace) -> int:
     return 0 if follower.state == TaskState.SUCCEEDED.value else 1
 
 
-def render_bar(row: dict[str, Any]) -> str:
-    percent = max(0, min(100, int(row["percent"] or 0)))
+def render_bar(row: TaskOut) -> str:
+    percent = max(0, min(100, int(row.percent or 0)))
     done = BAR_WIDTH * percent // 100
-    return f"[{'#' * done}{'.' * (BAR_WIDTH - done)}] {percent:3d}% {row['state']}: {row['message']}"
+    return f"[{'#' * done}{'.' * (BAR_WIDTH - done)}] {percent:3d}% {row.state}: {row.message}"
 
 
-def _follow(task_id: str, timeout: float | None, *, on_change: Any) -> dict[str, Any]:
+def _follow(task_id: str, timeout: float | None, *, on_change: Any) -> TaskOut:
     engine = get_engine()
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: tuple[Any, ...] | None = None
     while True:
         row = queries.get_task(engine, task_id)
-        current = (row["state"], row["percent"], row["message"])
+        current = (row.state, row.percent, row.message)
         if on_change is not None and current != seen:
             on_change(row)
         seen = current
-        if row["state"] in FINAL:
+        if row.state in FINAL:
             return row
         if deadline is not None and time.monotonic() >= deadline:
-            raise CliError(f"task {task_id} is still {row['state']} after {timeout:g}s ({row['message']})")
+            raise CliError(f"task {task_id} is still {row.state} after {timeout:g}s ({row.message})")
         time.sleep(POLL_SECONDS)
 
 
-def _kind(row: dict[str, Any]) -> str:
-    operation = (row.get("args") or {}).get("operation")
-    return f"{row['type']}:{operation}" if row["type"] == "apptask" and operation else str(row["type"])
+def _kind(row: TaskOut) -> str:
+    operation = (row.args or {}).get("operation")
+    return f"{row.type}:{operation}" if row.type == "apptask" and operation else row.type
 
 
 def _cut(text: str, width: int = 60) -> str:

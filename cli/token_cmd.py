@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from api import tokens
 from cli.output import print_json, print_table
+from frontdoor import tokens
 from models import get_engine
 
 

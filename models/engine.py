@@ -118,7 +118,7 @@ def autocommit_engine(engine: Engine) -> Engine:
     when the connection goes back to the pool, a ROLLBACK (its reset). Here the statement commits
     by itself: no transaction to end, no reset, no ping. A pooled connection the server has closed
     (a restart, wait_timeout) fails its statement and invalidates the pool: the caller's retry
-    gets a new one (`tasks.records` retries its idempotent writes once). Same URL, driver
+    gets a new one (`models.records` retries its idempotent writes once). Same URL, driver
     arguments and echo, a small pool of its own (up to 10 connections), disposed with `engine`.
     SQLite has no round trips to save: there it is `engine` in autocommit mode, on the same pool
     (so an in-memory database stays the same database; there, a write made while the same thread

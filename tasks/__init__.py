@@ -1,7 +1,7 @@
 """The Celery app, the locking decorator and the four task kinds.
 
-Clients (`api`, `cli`) import only `tasks.client` and `tasks.records`, which send by task name and
-read the database; the worker imports `tasks.kinds` and `tasks.signals`.
+Clients (`api`, `cli`) import only `tasks.client`, which sends by task name (the task rows are
+`models.records`, Celery-free); the worker imports `tasks.kinds` and `tasks.signals`.
 """
 
 from __future__ import annotations

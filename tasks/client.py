@@ -13,9 +13,9 @@ from sqlalchemy import Connection, Engine
 from config import get_settings
 from config.celery import TASK_QUEUES
 from lockman import LockManager
-from models import FINAL_STATES, TaskState, get_engine
+from models import FINAL_STATES, TaskState, get_engine, records
 from models.secrets import redact
-from tasks import guards, records
+from tasks import guards
 from tasks.celery import app
 from tasks.errors import BrokerUnavailableError, TaskNotFoundError
 

@@ -28,9 +28,8 @@ from celery.exceptions import Ignore
 
 from config import get_settings
 from lockman import LockManager, LockPlanError, LockSet, lock_set
-from models import TaskState, get_engine
+from models import TaskState, get_engine, records
 from models.secrets import is_masked
-from tasks import records
 from tasks.celery import app
 from tasks.errors import TaskDefinitionError, TaskNotFoundError, TaskStopped, TaskTimedOut
 from tasks.runner import Outcome, RunContext, Runtime, execute

@@ -10,8 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from models import Task, TaskState, db_utcnow, liveness
-from tasks import records
+from models import Task, TaskState, db_utcnow, liveness, records
 from tasks.runner import Runtime, recover_dead
 
 logger = logging.getLogger(__name__)

@@ -28,8 +28,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from hosting import notify
 from lockman import Grant, Granted, LockLostError, LockManager, LockSet, Queued, Release, lock_set
 from lockman.table import lockset_to_dict
-from models import FINAL_STATES, TaskState
-from tasks import records
+from models import FINAL_STATES, TaskState, records
 from tasks.errors import LeaseLost, TaskStopped
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,7 @@ from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.worker import state as worker_state
 
-from models import FINAL_STATES, TaskState, dispose_after_fork
-from tasks import records
+from models import FINAL_STATES, TaskState, dispose_after_fork, records
 from tasks.locking import process_runtime
 from tasks.runner import _wake_ready, recover_dead
 

@@ -1,4 +1,4 @@
-"""Run one bench script with `--quick --json` against the shared services, as its tests do."""
+"""Run one bench script (`python -m bench.<module>`) with `--quick --json` against the shared services."""
 
 from __future__ import annotations
 
@@ -19,16 +19,17 @@ def is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def quick_report(script: str, *, broker_url: str, timeout: float = 420) -> dict[str, Any]:
-    """`bench/<script> --quick --json` on `broker_url` (the session's vhost): its JSON report; a non-zero
-    exit fails with both outputs' tails."""
+def quick_report(module: str, *, broker_url: str, timeout: float = 420) -> dict[str, Any]:
+    """`python -m bench.<module> --quick --json` on `broker_url` (the session's vhost): its JSON report; a
+    non-zero exit fails with both outputs' tails."""
     require("127.0.0.1", 3306, "MariaDB")
     require("127.0.0.1", 5672, "RabbitMQ")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOXTASKS_")}
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "bench" / script),
+            "-m",
+            f"bench.{module}",
             "--quick",
             "--json",
             "--database-url",

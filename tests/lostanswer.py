@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from tasks import records
+from models import records
 
 
 def lose_first_answer(

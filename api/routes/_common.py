@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Path
 
-from api.schemas import APP_ID_PATTERN, ITEM_ID_PATTERN, TASK_ID_PATTERN, ErrorOut
+from frontdoor.schemas import APP_ID_PATTERN, ITEM_ID_PATTERN, TASK_ID_PATTERN, ErrorOut
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from sqlalchemy import Engine
 
-from api import actions, auth, queries
+from api import auth
 from api.routes._common import AppId, errors
-from api.schemas import (
+from frontdoor import actions, queries
+from frontdoor.schemas import (
     AppOut,
     CloneRequest,
     ConfigureRequest,
@@ -30,23 +31,23 @@ def _options(body: Any) -> dict[str, Any]:
 
 
 @router.get("", response_model=list[AppOut], dependencies=[Depends(auth.read)], responses=errors())
-def list_apps(db: Db) -> list[dict[str, Any]]:
+def list_apps(db: Db) -> list[AppOut]:
     return queries.list_apps(db)
 
 
 @router.post(
     "/install", status_code=202, response_model=StartedOut, dependencies=[Depends(auth.write)], responses=_STARTS
 )
-def install(body: InstallRequest, db: Db) -> dict[str, Any]:
+def install(body: InstallRequest, db: Db) -> StartedOut:
     """Install an app: checks the manifest, location, ports and resources, then starts the task."""
     options = body.model_dump(by_alias=True, exclude_unset=True, exclude={"app_id"})
     if options.get("appStoreId") is None:
         options.pop("appStoreId", None)
-    return actions.install(db, options, app_id=body.app_id).as_dict()
+    return actions.install(db, options, app_id=body.app_id)
 
 
 @router.get("/{app_id}", response_model=AppOut, dependencies=[Depends(auth.read)], responses=errors(404, 422))
-def get_app(app_id: AppId, db: Db) -> dict[str, Any]:
+def get_app(app_id: AppId, db: Db) -> AppOut:
     return queries.get_app(db, app_id)
 
 
@@ -57,9 +58,9 @@ def get_app(app_id: AppId, db: Db) -> dict[str, Any]:
     dependencies=[Depends(auth.write)],
     responses=_STARTS,
 )
-def configure(app_id: AppId, body: ConfigureRequest, db: Db) -> dict[str, Any]:
+def configure(app_id: AppId, body: ConfigureRequest, db: Db) -> StartedOut:
     """Change ports, resources or env; what is left out stays."""
-    return actions.configure(db, app_id, _options(body)).as_dict()
+    return actions.configure(db, app_id, _options(body))
 
 
 @router.post(
@@ -69,8 +70,8 @@ def configure(app_id: AppId, body: ConfigureRequest, db: Db) -> dict[str, Any]:
     dependencies=[Depends(auth.write)],
     responses=_STARTS,
 )
-def update(app_id: AppId, body: UpdateRequest, db: Db) -> dict[str, Any]:
-    return actions.app_operation(db, app_id, "update", _options(body)).as_dict()
+def update(app_id: AppId, body: UpdateRequest, db: Db) -> StartedOut:
+    return actions.app_operation(db, app_id, "update", _options(body))
 
 
 @router.post(
@@ -80,21 +81,21 @@ def update(app_id: AppId, body: UpdateRequest, db: Db) -> dict[str, Any]:
     dependencies=[Depends(auth.write)],
     responses=_STARTS,
 )
-def restore(app_id: AppId, body: RestoreRequest, db: Db) -> dict[str, Any]:
-    return actions.app_operation(db, app_id, "restore", _options(body)).as_dict()
+def restore(app_id: AppId, body: RestoreRequest, db: Db) -> StartedOut:
+    return actions.app_operation(db, app_id, "restore", _options(body))
 
 
 @router.post(
     "/{app_id}/clone", status_code=202, response_model=StartedOut, dependencies=[Depends(auth.write)], responses=_STARTS
 )
-def clone(app_id: AppId, body: CloneRequest, db: Db) -> dict[str, Any]:
+def clone(app_id: AppId, body: CloneRequest, db: Db) -> StartedOut:
     """Make a new app from a backup of this one."""
-    return actions.clone(db, app_id, _options(body)).as_dict()
+    return actions.clone(db, app_id, _options(body))
 
 
 def _simple(operation: str, doc: str) -> None:
-    def start_operation(app_id: AppId, db: Db, body: Annotated[NoOptions | None, Body()] = None) -> dict[str, Any]:
-        return actions.app_operation(db, app_id, operation, _options(body)).as_dict()
+    def start_operation(app_id: AppId, db: Db, body: Annotated[NoOptions | None, Body()] = None) -> StartedOut:
+        return actions.app_operation(db, app_id, operation, _options(body))
 
     start_operation.__doc__ = doc
     router.add_api_route(

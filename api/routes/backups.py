@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Response
 from sqlalchemy import Engine
 
-from api import actions, auth, queries
+from api import auth
 from api.routes._common import ItemId, errors
-from api.schemas import APP_ID_PATTERN, ArchiveOut, BackupOut, NoOptions, StartedOut
+from frontdoor import actions, queries
+from frontdoor.schemas import APP_ID_PATTERN, ArchiveOut, BackupOut, NoOptions, StartedOut
 
 router = APIRouter(tags=["backups"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
@@ -21,19 +22,19 @@ def list_backups(
     app_id: Annotated[str | None, Query(pattern=APP_ID_PATTERN)] = None,
     type: Literal["app", "box"] | None = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 100,
-) -> list[dict[str, Any]]:
+) -> list[BackupOut]:
     return queries.list_backups(db, app_id=app_id, type=type, limit=limit)
 
 
 @router.get(
     "/backups/{backup_id}", response_model=BackupOut, dependencies=[Depends(auth.read)], responses=errors(404, 422)
 )
-def get_backup(backup_id: ItemId, db: Db) -> dict[str, Any]:
+def get_backup(backup_id: ItemId, db: Db) -> BackupOut:
     return queries.get_backup(db, backup_id)
 
 
 @router.get("/archives", response_model=list[ArchiveOut], dependencies=[Depends(auth.read)], responses=errors(422))
-def list_archives(db: Db, limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
+def list_archives(db: Db, limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 100) -> list[ArchiveOut]:
     return queries.list_archives(db, limit=limit)
 
 
@@ -44,11 +45,11 @@ def list_archives(db: Db, limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT
     dependencies=[Depends(auth.write)],
     responses=errors(404, 409, 422, 501, 503),
 )
-def restore_archive(archive_id: ItemId, db: Db, body: Annotated[NoOptions | None, Body()] = None) -> dict[str, Any]:
+def restore_archive(archive_id: ItemId, db: Db, body: Annotated[NoOptions | None, Body()] = None) -> StartedOut:
     """Bring an uninstalled app back from its archive (an app `restore` from the archive's backup)."""
     archive = queries.get_archive(db, archive_id)
-    options = {"backupId": archive["backup_id"], "archiveId": archive_id}
-    return actions.app_operation(db, archive["app_id"], "restore", options, precheck=False).as_dict()
+    options = {"backupId": archive.backup_id, "archiveId": archive_id}
+    return actions.app_operation(db, archive.app_id, "restore", options, precheck=False)
 
 
 @router.delete(

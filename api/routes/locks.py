@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import Engine
 
-from api import auth, queries
+from api import auth
 from api.routes._common import errors
-from api.schemas import LocksOut
+from frontdoor import queries
+from frontdoor.schemas import LocksOut
 
 router = APIRouter(tags=["locks"])
 
 
 @router.get("/locks", response_model=LocksOut, dependencies=[Depends(auth.read)], responses=errors())
-def locks(request: Request, db: Annotated[Engine, Depends(auth.engine_of)]) -> dict[str, Any]:
+def locks(request: Request, db: Annotated[Engine, Depends(auth.engine_of)]) -> LocksOut:
     snap = request.app.state.lock_manager().snapshot()
     return queries.locks_report(snap.table, snap.version, db)

@@ -10,11 +10,12 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy import Engine
 
-from api import actions, auth, queries, tasklines
-from api.errors import ScopeError
+from api import auth
 from api.routes._common import TaskId, errors
-from api.schemas import APP_ID_PATTERN, LogEntryOut, StartedOut, StopOut, TaskOut, TaskState
-from api.tokens import TokenInfo
+from frontdoor import actions, queries, tasklines
+from frontdoor.errors import ScopeError
+from frontdoor.schemas import APP_ID_PATTERN, LogEntryOut, StartedOut, StopOut, TaskOut, TaskState
+from frontdoor.tokens import TokenInfo
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
@@ -27,13 +28,13 @@ def list_tasks(
     type: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z_]+$", description="apptask, ...")] = None,
     app_id: Annotated[str | None, Query(pattern=APP_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 100,
-) -> list[dict[str, Any]]:
+) -> list[TaskOut]:
     """Newest first."""
     return queries.list_tasks(db, state=state or (), type=type, app_id=app_id, limit=limit)
 
 
 @router.get("/{task_id}", response_model=TaskOut, dependencies=[Depends(auth.read)], responses=errors(404, 422))
-def get_task(task_id: TaskId, db: Db) -> dict[str, Any]:
+def get_task(task_id: TaskId, db: Db) -> TaskOut:
     return queries.get_task(db, task_id)
 
 
@@ -98,13 +99,13 @@ def stop_task(task_id: TaskId, db: Db, background: BackgroundTasks) -> dict[str,
     response_model=StartedOut,
     responses=errors(404, 409, 422, 501, 503),
 )
-def retry_task(task_id: TaskId, db: Db, token: Annotated[TokenInfo, Depends(auth.write)]) -> dict[str, Any]:
+def retry_task(task_id: TaskId, db: Db, token: Annotated[TokenInfo, Depends(auth.write)]) -> StartedOut:
     """Start a failed, interrupted or cancelled task again with the same arguments, checked again.
 
     The new task's `retry_of` names this one. 409 when the task is not retryable, or when a platform
     task of its kind is under way (the answer's `task_id` names it). Platform tasks need an admin token.
     """
-    kind = queries.get_task(db, task_id)["type"]
+    kind = queries.get_task(db, task_id).type
     if kind in actions.PLATFORM_KINDS and not token.allows("admin"):
         raise ScopeError(f"token {token.name!r} may not retry a {kind} task; this call needs 'admin'")
-    return actions.retry(db, task_id).as_dict()
+    return actions.retry(db, task_id)

@@ -20,7 +20,7 @@ import pytest
 import requests
 from sqlalchemy import Engine, create_engine, insert, select
 
-from api import tokens
+from frontdoor import tokens
 from models import App, Backup, PortBinding, PortReservation, Task
 from tests.apiserver import ApiServer, running_api
 from tests.appkit import Kit, kit
@@ -397,10 +397,10 @@ def test_a_manifest_file_that_is_not_utf8_json_is_one_line(stack: Stack, tmp_pat
 
 
 def _claim_as_the_front_door(kit: Kit, app_id: str, options: dict[str, Any]) -> str:
-    """What `api.actions.install` writes (task row, app row, ports in one transaction), without the broker."""
+    """What `frontdoor.actions.install` writes (task row, app row, ports in one transaction), without the broker."""
     from hosting import claims, ports
     from hosting.manifest import parse_manifest
-    from tasks import records
+    from models import records
 
     doc = parse_manifest(options["manifest"])
     bindings = ports.check_ports(doc, options.get("ports", {}))

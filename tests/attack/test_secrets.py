@@ -21,12 +21,12 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from sqlalchemy import Engine, insert, text
 
-from api import tokens
+from frontdoor import tokens
 from hosting.backups import app_config
 from lockman import LockManager
-from models import App, AppAddon, Archive, Backup, Event, Notification, TaskState, get_engine
+from models import App, AppAddon, Archive, Backup, Event, Notification, TaskState, get_engine, records
 from models.secrets import MARKER, describe_db_error, is_secret_name, redact
-from tasks import logstore, records
+from tasks import logstore
 from tests.apiserver import running_api
 from tests.cli_run import Result, boxtasks
 from tests.dockerd import Dockerd
@@ -402,10 +402,10 @@ def test_the_worker_still_gets_the_real_env(
     assert configured.state == "succeeded", configured.error
     assert _container_env(dockerd, app_id)["DB_PASSWORD"] == changed
 
-    from api import queries
+    from frontdoor import queries
 
     for task_id in (install, configured.id):
-        view = json.dumps(queries.get_task(get_engine(), task_id))
+        view = queries.get_task(get_engine(), task_id).model_dump_json()
         assert secret not in view and changed not in view and mail_password not in view
     for path in [worker.log, *tmp_path.rglob("*.log")]:
         logged = Path(path).read_text(errors="replace")

@@ -15,8 +15,7 @@ from typing import Any
 
 from bench import taskrig
 from config.celery import QUEUES
-from models import FINAL_STATES
-from tasks import records
+from models import FINAL_STATES, records
 from tasks.celery import app
 
 REPO = taskrig.REPO

@@ -154,8 +154,8 @@ def test_update_and_platformstart_through_the_worker(
 def test_clone_from_the_front_door_runs_under_the_new_apps_lock(
     dockerd: Dockerd, e2e_env: Env, start_worker: Callable[..., Worker]
 ) -> None:
-    from api import actions
-    from api.errors import MissingError
+    from frontdoor import actions
+    from frontdoor.errors import MissingError
 
     _docker_env(e2e_env, dockerd)
     start_worker(concurrency=2)

@@ -18,9 +18,8 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import insert, select
 
 from lockman import LockManager, lock_set
-from models import get_engine, make_engine
+from models import get_engine, make_engine, records
 from models.migrate import upgrade
-from tasks import records
 from tasks.client import enqueue
 from tasks.errors import BrokerUnavailableError
 from tasks.runner import Outcome, RunContext, Runtime, execute

@@ -20,8 +20,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from lockman import LockManager, lock_set
-from models import get_engine, make_engine
-from tasks import records
+from models import get_engine, make_engine, records
 from tasks.client import enqueue
 from tasks.runner import Outcome, RunContext, Runtime, execute
 from tests.e2e.harness import Env, Worker, wait_for, wait_state

@@ -28,8 +28,7 @@ import pymysql
 import pytest
 
 from lockman import LockManager, lock_set
-from models import get_engine, make_engine
-from tasks import records
+from models import get_engine, make_engine, records
 from tasks.celery import app as celery_app
 from tasks.client import enqueue, task_name
 from tasks.runner import Outcome, RunContext, Runtime, execute

@@ -11,8 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from models import get_engine
-from tasks import records
+from models import get_engine, records
 from tasks.broker import ready_count
 from tasks.client import enqueue
 from tests.e2e.harness import Env, Worker, row, wait_for, wait_state

@@ -16,8 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from lockman import Granted, LockManager, Queued
-from models import TaskState, make_engine
-from tasks import records
+from models import TaskState, make_engine, records
 from tasks.runner import _Heartbeat
 from tests.faults.servers import PrivateMariaDB
 from tests.owners import add_owner

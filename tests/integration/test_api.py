@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from api import tokens
 from cli.errors import CliError
 from config import load_settings
+from frontdoor import tokens
 from lockman import LockManager
 from models import (
     ApiToken,
@@ -29,9 +29,9 @@ from models import (
     PortReservation,
     TaskState,
     get_engine,
+    records,
 )
 from models.migrate import upgrade
-from tasks import records
 from tests.apiserver import ApiServer, running_api
 from tests.e2e.harness import Env
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 from schemathesis.generation import GenerationMode
 
-from api import tokens
+from frontdoor import tokens
 from lockman import LockManager
 from models import get_engine
 from models.migrate import upgrade

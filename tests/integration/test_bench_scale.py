@@ -1,4 +1,4 @@
-"""`bench/scale.py --quick --json` runs end to end: the shape of its report, and every task succeeded.
+"""`python -m bench.scale --quick --json` runs end to end: the shape of its report, and every task succeeded.
 
 No speed is asserted: the machine is shared and noisy; the figures are the bench's business.
 """
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.rabbitmq]
 
 @pytest.fixture(scope="module")
 def report(rabbitmq_url: str) -> dict[str, Any]:
-    return quick_report("scale.py", broker_url=rabbitmq_url)
+    return quick_report("scale", broker_url=rabbitmq_url)
 
 
 def test_no_errors_and_every_task_succeeded(report: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""`bench/tasks.py --quick --json` runs end to end: the shape of its report, and every task ended as intended.
+"""`python -m bench.task_rates --quick --json` runs end to end: its report's shape, every task ended as intended.
 
 No speed is asserted: the machine is shared and noisy; the figures are the bench's business.
 """
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.rabbitmq]
 
 @pytest.fixture(scope="module")
 def report(rabbitmq_url: str) -> dict[str, Any]:
-    return quick_report("tasks.py", broker_url=rabbitmq_url)
+    return quick_report("task_rates", broker_url=rabbitmq_url)
 
 
 def test_no_errors_and_every_task_ended_as_intended(report: dict[str, Any]) -> None:

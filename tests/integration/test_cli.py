@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api import actions
+from frontdoor import actions
 from lockman import LockManager
 from models.migrate import upgrade
 from tests.cli_run import boxtasks

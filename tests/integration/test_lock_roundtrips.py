@@ -178,7 +178,18 @@ def test_without_posting_a_queued_write_is_a_locked_read_then_the_swap_with_its_
 def test_the_lock_bench_reports_every_cell_and_no_violation() -> None:
     require("127.0.0.1", 3306, "MariaDB")
     done = subprocess.run(
-        [sys.executable, "bench/locks.py", "--json", "--seconds", "0.5", "--n", "1,2", "--database-url", MARIADB_ADMIN],
+        [
+            sys.executable,
+            "-m",
+            "bench.locks",
+            "--json",
+            "--seconds",
+            "0.5",
+            "--n",
+            "1,2",
+            "--database-url",
+            MARIADB_ADMIN,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -212,8 +223,7 @@ def test_the_lock_bench_reports_every_cell_and_no_violation() -> None:
 def test_a_task_rows_own_writes_cost_one_round_trip_each(mariadb_url: str, wire: Wire) -> None:
     """The runner's writes to its task row (and the client's INSERT) are single statements that
     commit by themselves: no ping, no COMMIT, no ROLLBACK at check-in (`models.autocommit_engine`)."""
-    from models import TaskState, make_engine
-    from tasks import records
+    from models import TaskState, make_engine, records
 
     engine = make_engine(mariadb_url)
     try:

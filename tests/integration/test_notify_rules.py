@@ -17,8 +17,7 @@ from hosting.box import Box
 from hosting.docker_engine import DockerEngine
 from hosting.notify import AlertKind
 from lockman import LockManager
-from models import App, Backup, Event, Notification
-from tasks import records
+from models import App, Backup, Event, Notification, records
 from tasks.runner import Runtime, recover_dead
 from tests.appkit import SmtpSink, smtp_sink
 from tests.owners import add_owner

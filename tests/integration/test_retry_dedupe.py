@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
-from api import actions, tokens
-from api.errors import DuplicateError, MissingError, StateError
-from models import App, Task, TaskGuard, TaskState, get_engine
-from tasks import client, records
+from frontdoor import actions, tokens
+from frontdoor.errors import DuplicateError, MissingError, StateError
+from models import App, Task, TaskGuard, TaskState, get_engine, records
+from tasks import client
 from tasks.errors import DuplicateTaskError
 from tasks.guards import GUARDED_KINDS
 from tests.apiserver import running_api

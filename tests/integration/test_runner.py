@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import Engine, update
 
 from lockman import lock_set
-from models import Task
-from tasks import records
+from models import Task, records
 from tasks.errors import TaskStopped
 from tasks.runner import Outcome, RunContext, Runtime, execute
 from tests.lostanswer import lose_first_answer

@@ -15,8 +15,7 @@ from sqlalchemy import Engine, update
 from hosting.fullbackup import back_up_apps
 from lockman import Granted, lock_set
 from lockman.table import lockset_to_dict
-from models import Task
-from tasks import records
+from models import Task, records
 from tasks.runner import Outcome, RunContext, Runtime, execute
 from tests.owners import add_owner
 

@@ -16,11 +16,11 @@ import pytest
 import requests
 from sqlalchemy import Engine
 
-from api import tokens
 from bench import taskrig
+from frontdoor import tokens
 from lockman import LockManager
-from models import TaskState
-from tasks import logstore, records
+from models import TaskState, records
+from tasks import logstore
 from tasks.client import enqueue
 from tasks.logstore import Bounds
 from tasks.tasklog import Capture

@@ -9,9 +9,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from models import Base, TaskState, make_engine
+from models import Base, TaskState, make_engine, records
 from models.engine import _COMPANIONS, autocommit_engine, dispose_after_fork
-from tasks import records
 from tests.lostanswer import lose_first_answer
 from tests.services import MARIADB_ADMIN
 

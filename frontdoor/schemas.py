@@ -1,8 +1,8 @@
-"""Request and response shapes of the REST API (what its OpenAPI document says).
+"""Request and response shapes of the front door: the REST API's OpenAPI document, the CLI's --json.
 
 Requests use the seed's camelCase names (`ports`, `cpuShares`, `cpuQuota`, `memoryLimit`) and refuse
 unknown keys, so a misspelt option is an error, not a silent default. The deeper checks (a manifest's
-fields, reserved ports, env names) are hosting's, run by `api.actions` before a task is made.
+fields, reserved ports, env names) are hosting's, run by `frontdoor.actions` before a task is made.
 """
 
 from __future__ import annotations
@@ -121,19 +121,28 @@ class TaskOut(BaseModel):
     worker: str | None
     pid: int | None
     locks: dict[str, Any]
+    #: The task this one retries (`POST /tasks/{id}/retry`), if any.
+    retry_of: str | None = None
     created_at: str | None
     started_at: str | None
     finished_at: str | None
     heartbeat_at: str | None
     stop_requested_at: str | None
-    #: The task this one retries (`POST /tasks/{id}/retry`), if any.
-    retry_of: str | None = None
 
 
 class LogEntryOut(BaseModel):
     at: str | None
     source: str
     message: str
+
+
+class LogLineOut(BaseModel):
+    """One line of a task's own log (`frontdoor.tasklines`)."""
+
+    seq: int
+    at: str | None
+    level: str
+    line: str
 
 
 class PortBindingOut(BaseModel):

@@ -1,4 +1,5 @@
-"""The `tasks` table: the record of every task. Celery-free, so the API and the CLI use it too.
+"""The `tasks` table: the record of every task. Celery-free (importing it builds no Celery app), so
+the front doors, the worker and the tests share it.
 
 Every state change is a conditional UPDATE: a task is claimed only from `queued`/`waiting`, and a
 final state is never overwritten. That is what keeps a redelivered or doubly woken message from

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from sqlalchemy import Engine, select
 
-from api import queries
+from frontdoor import queries
+from frontdoor.schemas import LogLineOut
 from models import FINAL_STATES, Task
 from models.secrets import known_secrets, scrub, secret_values
 from tasks import logstore
@@ -40,12 +40,12 @@ def text(engine: Engine, task_id: str) -> Iterator[str]:
         yield str(scrub(chunk, secrets))
 
 
-def as_dicts(engine: Engine, task_id: str) -> list[dict[str, Any]]:
-    """The lines written so far, for `--json`."""
+def lines(engine: Engine, task_id: str) -> list[LogLineOut]:
+    """The lines written so far, for `--json` (MissingError for an unknown task)."""
     queries.get_task(engine, task_id)
     secrets = _secrets(engine, task_id)
     return [
-        {"seq": x.seq, "at": queries.iso(x.at), "level": x.level, "line": scrub(x.line, secrets)}
+        LogLineOut(seq=x.seq, at=queries.iso(x.at), level=x.level, line=str(scrub(x.line, secrets)))
         for batch in logstore.read_all(engine, task_id)
         for x in batch
     ]
@@ -68,7 +68,7 @@ class Follower:
 
     def poll(self) -> str:
         """The text of the lines written since the last poll (MissingError for an unknown task)."""
-        self.state = queries.get_task(self.engine, self.task_id)["state"]
+        self.state = queries.get_task(self.engine, self.task_id).state
         if self.state in FINAL and self._ended_at is None:
             self._ended_at = time.monotonic()
         if self._secrets is None:

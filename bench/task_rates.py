@@ -1,7 +1,7 @@
 """Task-engine figures: locked tasks beside bare Celery, parallel makespan, hand-off and recovery.
 
-    .venv/bin/python bench/tasks.py                  # readable table, each figure beside its target
-    .venv/bin/python bench/tasks.py --quick --json   # a smoke test, one JSON object on stdout
+    .venv/bin/python -m bench.tasks                  # readable table, each figure beside its target
+    .venv/bin/python -m bench.tasks --quick --json   # a smoke test, one JSON object on stdout
 
 One run makes its own database on the server (`bt_bench_<random>`, migrated, dropped at the end),
 its own queues on the broker (`bench_<run>_apptask`, `_backup`, `_staged`; deleted at the end)
@@ -60,10 +60,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as `python bench/tasks.py`: the repo, not bench/, goes first on the path,
-    # or this file would shadow the `tasks` package.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from sqlalchemy import Row, Table, select, text
 from sqlalchemy.engine import make_url
@@ -632,7 +628,7 @@ def _mark(met: bool) -> str:
 def render_table(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
-        f"bench/tasks.py{' --quick' if meta['quick'] else ''}: {meta['database']} + {meta['broker']}, "
+        f"bench/task_rates.py{' --quick' if meta['quick'] else ''}: {meta['database']} + {meta['broker']}, "
         f"1 worker x {meta['concurrency']} processes, {meta['cpus']} CPUs, "
         f"load {meta['load_before']} -> {meta['load_after']}, {meta['elapsed_s']:.0f}s",
         "",

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from api.errors import BadRequestError, MissingError
+from frontdoor.errors import BadRequestError, MissingError
 from models import ApiToken, db_utcnow
 
 PREFIX = "btk_"

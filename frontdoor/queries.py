@@ -1,8 +1,8 @@
 """What the front doors read: tasks, apps, backups, archives, eventlog, notifications, locks.
 
-HTTP-free, shared by the REST API and the CLI. Rows become plain dicts: tasks in snake_case (the
-CLI's --json contract), apps with the seed's names (`portBindings`, `cpuShares`, ...), and every
-time as ISO 8601 UTC with a `Z`.
+HTTP-free, shared by the REST API and the CLI. Rows become the typed views of `frontdoor.schemas`
+(the API's response models; the CLI's --json dumps them): tasks in snake_case, apps with the seed's
+names (`portBindings`, `cpuShares`, ...), and every time as ISO 8601 UTC with a `Z`.
 
 Every view is a read view, whatever the token's scope: secrets (an app's env values, addon and
 mail passwords, any key named like a password or key) come out masked, by `models.secrets`, and
@@ -17,7 +17,20 @@ from typing import Any
 
 from sqlalchemy import Engine, desc, func, select, update
 
-from api.errors import MissingError
+from frontdoor.errors import MissingError
+from frontdoor.schemas import (
+    AppOut,
+    ArchiveOut,
+    BackupOut,
+    EventOut,
+    HolderOut,
+    LocksOut,
+    LockTaskOut,
+    LogEntryOut,
+    NotificationOut,
+    TaskOut,
+    WaiterOut,
+)
 from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState, liveness
 from models.secrets import known_secrets, redact, scrub, secret_values
 
@@ -52,7 +65,7 @@ _TASK_COLUMNS = (
 _TASK_TIMES = ("created_at", "started_at", "finished_at", "heartbeat_at", "stop_requested_at")
 
 
-def task_dict(row: Any, known: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+def task_view(row: Any, known: set[str] | frozenset[str] = frozenset()) -> TaskOut:
     """The task's row as a view: secrets of its args masked, and scrubbed from its result, error and message."""
     m = row._mapping
     out = {k: m[k] for k in _TASK_COLUMNS}
@@ -60,7 +73,7 @@ def task_dict(row: Any, known: set[str] | frozenset[str] = frozenset()) -> dict[
     found = secret_values(out["args"]) | known
     for key in ("args", "result", "error", "message"):
         out[key] = redact(out[key], known=found)
-    return out
+    return TaskOut.model_validate(out)
 
 
 def list_tasks(
@@ -70,7 +83,7 @@ def list_tasks(
     type: str | None = None,
     app_id: str | None = None,
     limit: int = 100,
-) -> list[dict[str, Any]]:
+) -> list[TaskOut]:
     """Newest first."""
     stmt = select(Task.__table__).order_by(desc(Task.created_at), desc(Task.id)).limit(min(limit, MAX_LIMIT))
     if state:
@@ -82,28 +95,28 @@ def list_tasks(
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
         known = known_secrets(conn) if rows else set()
-    return [task_dict(r, known) for r in rows]
+    return [task_view(r, known) for r in rows]
 
 
-def get_task(engine: Engine, task_id: str) -> dict[str, Any]:
+def get_task(engine: Engine, task_id: str) -> TaskOut:
     with engine.connect() as conn:
         row = conn.execute(select(Task.__table__).where(Task.id == task_id)).first()
         if row is None:
             raise MissingError(f"no task {task_id!r}: `boxtasks task list` shows the tasks")
         known = known_secrets(conn)
-    return task_dict(row, known)
+    return task_view(row, known)
 
 
-def task_log(engine: Engine, task_id: str, *, limit: int = 200) -> list[dict[str, Any]]:
+def task_log(engine: Engine, task_id: str, *, limit: int = 200) -> list[LogEntryOut]:
     """What is known of the task's history: its row's milestones, then the eventlog entries it wrote.
 
     Progress messages are not kept one by one (the row holds the latest); the eventlog holds
     what the task's operations recorded (`source.taskId`).
     """
     task = get_task(engine, task_id)
-    entries: list[dict[str, Any]] = [{"at": task["created_at"], "source": "task", "message": "Queued"}]
-    if task["started_at"]:
-        entries.append({"at": task["started_at"], "source": "task", "message": "Started"})
+    entries = [LogEntryOut(at=task.created_at, source="task", message="Queued")]
+    if task.started_at:
+        entries.append(LogEntryOut(at=task.started_at, source="task", message="Started"))
     with engine.connect() as conn:
         created, args = conn.execute(select(Task.created_at, Task.args).where(Task.id == task_id)).one()
         events = conn.execute(
@@ -117,14 +130,14 @@ def task_log(engine: Engine, task_id: str, *, limit: int = 200) -> list[dict[str
         source = ev.source or {}
         if task_id in (source.get("taskId"), source.get("task_id")):
             data = redact(ev.data or {}, known=known)
-            entries.append({"at": iso(ev.created_at), "source": f"eventlog:{ev.id}", "message": _describe(ev, data)})
-    last = task["message"]
-    if task["state"] in {s.value for s in (TaskState.QUEUED, TaskState.WAITING, TaskState.RUNNING)}:
-        entries.append({"at": None, "source": "task", "message": f"{task['state']}: {task['percent']}% {last}"})
+            entries.append(LogEntryOut(at=iso(ev.created_at), source=f"eventlog:{ev.id}", message=_describe(ev, data)))
+    last = task.message
+    if task.state in {s.value for s in (TaskState.QUEUED, TaskState.WAITING, TaskState.RUNNING)}:
+        entries.append(LogEntryOut(at=None, source="task", message=f"{task.state}: {task.percent}% {last}"))
     else:
-        entries.append({"at": task["finished_at"], "source": "task", "message": f"{task['state']}: {last}"})
-    if task["error"]:
-        entries.append({"at": task["finished_at"], "source": "task", "message": f"error: {task['error']}"})
+        entries.append(LogEntryOut(at=task.finished_at, source="task", message=f"{task.state}: {last}"))
+    if task.error:
+        entries.append(LogEntryOut(at=task.finished_at, source="task", message=f"error: {task.error}"))
     return entries[-limit:]
 
 
@@ -138,7 +151,7 @@ def _describe(ev: Any, data: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- apps
 
 
-def _app_dict(row: Any, bindings: Sequence[Any], known: set[str]) -> dict[str, Any]:
+def _app_view(row: Any, bindings: Sequence[Any], known: set[str]) -> AppOut:
     """The app as a view; its env is not shown, and its error and manifest have secrets masked."""
     view = {
         "id": row.id,
@@ -158,10 +171,10 @@ def _app_dict(row: Any, bindings: Sequence[Any], known: set[str]) -> dict[str, A
         "createdAt": iso(row.created_at),
         "updatedAt": iso(row.updated_at),
     }
-    return dict(redact(view, known=known | secret_values({"env": row.env or {}})))
+    return AppOut.model_validate(redact(view, known=known | secret_values({"env": row.env or {}})))
 
 
-def list_apps(engine: Engine) -> list[dict[str, Any]]:
+def list_apps(engine: Engine) -> list[AppOut]:
     with engine.connect() as conn:
         apps = conn.execute(select(App.__table__).order_by(App.location)).all()
         bindings = conn.execute(select(PortBinding.__table__)).all()
@@ -169,23 +182,23 @@ def list_apps(engine: Engine) -> list[dict[str, Any]]:
     by_app: dict[str, list[Any]] = {}
     for b in bindings:
         by_app.setdefault(b.app_id, []).append(b)
-    return [_app_dict(a, by_app.get(a.id, []), known) for a in apps]
+    return [_app_view(a, by_app.get(a.id, []), known) for a in apps]
 
 
-def get_app(engine: Engine, app_id: str) -> dict[str, Any]:
+def get_app(engine: Engine, app_id: str) -> AppOut:
     with engine.connect() as conn:
         row = conn.execute(select(App.__table__).where(App.id == app_id)).first()
         if row is None:
             raise MissingError(f"no app {app_id!r}: `boxtasks app list` shows the apps")
         bindings = conn.execute(select(PortBinding.__table__).where(PortBinding.app_id == app_id)).all()
         known = known_secrets(conn)
-    return _app_dict(row, bindings, known)
+    return _app_view(row, bindings, known)
 
 
 # ---------------------------------------------------------------------------- backups and archives
 
 
-def _backup_dict(row: Any, known: set[str]) -> dict[str, Any]:
+def _backup_view(row: Any, known: set[str]) -> BackupOut:
     """The backup as a view: its `app_config` keeps the env names, not their values."""
     view = {
         "id": row.id,
@@ -201,12 +214,12 @@ def _backup_dict(row: Any, known: set[str]) -> dict[str, Any]:
         "error": row.error,
         "created_at": iso(row.created_at),
     }
-    return dict(redact(view, known=known | secret_values(row.app_config or {})))
+    return BackupOut.model_validate(redact(view, known=known | secret_values(row.app_config or {})))
 
 
 def list_backups(
     engine: Engine, *, app_id: str | None = None, type: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
+) -> list[BackupOut]:
     stmt = select(Backup.__table__).order_by(desc(Backup.created_at), desc(Backup.id)).limit(min(limit, MAX_LIMIT))
     if app_id:
         stmt = stmt.where(Backup.app_id == app_id)
@@ -215,19 +228,19 @@ def list_backups(
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
         known = known_secrets(conn) if rows else set()
-    return [_backup_dict(r, known) for r in rows]
+    return [_backup_view(r, known) for r in rows]
 
 
-def get_backup(engine: Engine, backup_id: str) -> dict[str, Any]:
+def get_backup(engine: Engine, backup_id: str) -> BackupOut:
     with engine.connect() as conn:
         row = conn.execute(select(Backup.__table__).where(Backup.id == backup_id)).first()
         if row is None:
             raise MissingError(f"no backup {backup_id!r}: `boxtasks backup list` shows the backups")
         known = known_secrets(conn)
-    return _backup_dict(row, known)
+    return _backup_view(row, known)
 
 
-def _archive_dict(row: Any, known: set[str]) -> dict[str, Any]:
+def _archive_view(row: Any, known: set[str]) -> ArchiveOut:
     view = {
         "id": row.id,
         "backup_id": row.backup_id,
@@ -236,24 +249,24 @@ def _archive_dict(row: Any, known: set[str]) -> dict[str, Any]:
         "has_icon": row.icon is not None,
         "created_at": iso(row.created_at),
     }
-    return dict(redact(view, known=known | secret_values(row.app_config or {})))
+    return ArchiveOut.model_validate(redact(view, known=known | secret_values(row.app_config or {})))
 
 
-def list_archives(engine: Engine, *, limit: int = 100) -> list[dict[str, Any]]:
+def list_archives(engine: Engine, *, limit: int = 100) -> list[ArchiveOut]:
     stmt = select(Archive.__table__).order_by(desc(Archive.created_at), desc(Archive.id)).limit(min(limit, MAX_LIMIT))
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
         known = known_secrets(conn) if rows else set()
-    return [_archive_dict(r, known) for r in rows]
+    return [_archive_view(r, known) for r in rows]
 
 
-def get_archive(engine: Engine, archive_id: str) -> dict[str, Any]:
+def get_archive(engine: Engine, archive_id: str) -> ArchiveOut:
     with engine.connect() as conn:
         row = conn.execute(select(Archive.__table__).where(Archive.id == archive_id)).first()
         if row is None:
             raise MissingError(f"no archive {archive_id!r}: GET /api/v1/archives lists them")
         known = known_secrets(conn)
-    return _archive_dict(row, known)
+    return _archive_view(row, known)
 
 
 def delete_archive(engine: Engine, archive_id: str) -> None:
@@ -273,7 +286,7 @@ def delete_archive(engine: Engine, archive_id: str) -> None:
 
 def eventlog(
     engine: Engine, *, action: str | None = None, before: int | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
+) -> list[EventOut]:
     """Newest first; page with `before` (an event id)."""
     stmt = select(Event.__table__).order_by(desc(Event.id)).limit(min(limit, MAX_LIMIT))
     if action:
@@ -284,15 +297,17 @@ def eventlog(
         rows = conn.execute(stmt).all()
         known = known_secrets(conn) if rows else set()
     return [
-        redact(
-            {"id": r.id, "action": r.action, "source": r.source, "data": r.data, "created_at": iso(r.created_at)},
-            known=known,
+        EventOut.model_validate(
+            redact(
+                {"id": r.id, "action": r.action, "source": r.source, "data": r.data, "created_at": iso(r.created_at)},
+                known=known,
+            )
         )
         for r in rows
     ]
 
 
-def _notification_dict(row: Any, known: set[str]) -> dict[str, Any]:
+def _notification_view(row: Any, known: set[str]) -> NotificationOut:
     view = {
         "id": row.id,
         "event_id": row.event_id,
@@ -302,27 +317,27 @@ def _notification_dict(row: Any, known: set[str]) -> dict[str, Any]:
         "acknowledged": bool(row.acknowledged),
         "created_at": iso(row.created_at),
     }
-    return dict(redact(view, known=known))
+    return NotificationOut.model_validate(redact(view, known=known))
 
 
-def notifications(engine: Engine, *, acknowledged: bool | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def notifications(engine: Engine, *, acknowledged: bool | None = None, limit: int = 100) -> list[NotificationOut]:
     stmt = select(Notification.__table__).order_by(desc(Notification.id)).limit(min(limit, MAX_LIMIT))
     if acknowledged is not None:
         stmt = stmt.where(Notification.acknowledged == acknowledged)
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
         known = known_secrets(conn) if rows else set()
-    return [_notification_dict(r, known) for r in rows]
+    return [_notification_view(r, known) for r in rows]
 
 
-def acknowledge(engine: Engine, notification_id: int) -> dict[str, Any]:
+def acknowledge(engine: Engine, notification_id: int) -> NotificationOut:
     with engine.begin() as conn:
         conn.execute(update(Notification).where(Notification.id == notification_id).values(acknowledged=True))
         row = conn.execute(select(Notification.__table__).where(Notification.id == notification_id)).first()
         known = known_secrets(conn)
     if row is None:
         raise MissingError(f"no notification {notification_id}: GET /api/v1/notifications lists them")
-    return _notification_dict(row, known)
+    return _notification_view(row, known)
 
 
 # ---------------------------------------------------------------------------- counts (metrics)
@@ -364,13 +379,13 @@ def oldest_waiting(engine: Engine) -> tuple[int, float]:
 # ---------------------------------------------------------------------------- locks
 
 
-def locks_report(table: Any, version: int, engine: Engine | None = None) -> dict[str, Any]:
+def locks_report(table: Any, version: int, engine: Engine | None = None) -> LocksOut:
     """Holders and waiters of a lock snapshot, each waiter with the words of why it waits.
 
     With an engine, each entry also carries its task's type, state and message from the `tasks` table.
     """
     owners = sorted({h.owner for h in table.holders} | {w.owner for w in table.waiters})
-    info: dict[str, Any] = {}
+    info: dict[str, LockTaskOut] = {}
     if engine is not None and owners:
         with engine.connect() as conn:
             rows = conn.execute(
@@ -379,31 +394,31 @@ def locks_report(table: Any, version: int, engine: Engine | None = None) -> dict
             known = known_secrets(conn)
         for r in rows:
             message = scrub(r.message, known | secret_values(r.args or {}))
-            info[r.id] = {"type": r.type, "state": r.state, "message": message, "app_id": r.app_id}
-    return {
-        "version": version,
-        "holders": [
-            {
-                "owner": h.owner,
-                "label": h.label,
-                "name": h.name,
-                "mode": h.mode.value,
-                "token": h.token,
-                "task": info.get(h.owner),
-            }
+            info[r.id] = LockTaskOut(type=r.type, state=r.state, message=message, app_id=r.app_id)
+    return LocksOut(
+        version=version,
+        holders=[
+            HolderOut(
+                owner=h.owner,
+                label=h.label,
+                name=h.name,
+                mode=h.mode.value,
+                token=h.token,
+                task=info.get(h.owner),
+            )
             for h in table.holders
         ],
-        "waiters": [
-            {
-                "owner": w.owner,
-                "label": w.label,
-                "seq": w.seq,
-                "locks": {n: m.value for n, m in w.locks},
-                "nested": w.nested,
-                "blocked_by": [b.describe() for b in table.blockers_of(w.owner)],
-                "blocking_locks": sorted({b.name for b in table.blockers_of(w.owner)}),
-                "task": info.get(w.owner),
-            }
+        waiters=[
+            WaiterOut(
+                owner=w.owner,
+                label=w.label,
+                seq=w.seq,
+                locks={n: m.value for n, m in w.locks},
+                nested=w.nested,
+                blocked_by=[b.describe() for b in table.blockers_of(w.owner)],
+                blocking_locks=sorted({b.name for b in table.blockers_of(w.owner)}),
+                task=info.get(w.owner),
+            )
             for w in table.waiters
         ],
-    }
+    )

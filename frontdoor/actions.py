@@ -14,13 +14,12 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import OperationalError
 
-from api.errors import (
+from frontdoor.errors import (
     BadRequestError,
     BrokerDownError,
     DuplicateError,
@@ -28,6 +27,7 @@ from api.errors import (
     NotAvailableError,
     StateError,
 )
+from frontdoor.schemas import StartedOut
 from models import FINAL_STATES, App, Archive, Backup, Task
 
 logger = logging.getLogger(__name__)
@@ -60,15 +60,9 @@ MAX_ARGS_DEPTH = 24
 _BUSY_ATTEMPTS = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Started:
-    """A task that was recorded and sent."""
-
-    task_id: str
-    app_id: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "app_id": self.app_id, "url": f"/api/v1/tasks/{self.task_id}"}
+def started(task_id: str, app_id: str | None) -> StartedOut:
+    """A task that was recorded and sent, and where the API shows it."""
+    return StartedOut(task_id=task_id, app_id=app_id, url=f"/api/v1/tasks/{task_id}")
 
 
 # ---------------------------------------------------------------------------- what this server can run
@@ -116,7 +110,7 @@ def _importable(module: str) -> bool:
 
 def install(
     engine: Engine, options: Mapping[str, Any], *, app_id: str | None = None, retry_of: str | None = None
-) -> Started:
+) -> StartedOut:
     """Check an install request (the seed's names: manifest, location, ports, cpuShares, ...) and start it.
 
     The app's row (its location) and its host ports are claimed in the transaction that records
@@ -153,7 +147,7 @@ def install(
     )
 
 
-def configure(engine: Engine, app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> Started:
+def configure(engine: Engine, app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> StartedOut:
     """Check a configure request; new host ports are claimed with the task's row, as install does."""
     from hosting import ports
     from hosting.manifest import parse_manifest
@@ -198,7 +192,7 @@ def app_operation(
     *,
     precheck: bool = True,
     retry_of: str | None = None,
-) -> Started:
+) -> StartedOut:
     """Any other app operation (start, stop, restart, repair, uninstall, update, backup, restore, clone).
 
     The options are checked with the model the task checks them with, so a bad option is refused
@@ -222,7 +216,7 @@ def app_operation(
     return _enqueue_app(engine, app_id, operation, dict(options or {}), retry_of=retry_of)
 
 
-def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> Started:
+def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> StartedOut:
     """A new app from a backup of `source_app_id`: the task runs under the NEW app's lock.
 
     The source app needs no lock (a backup does not change), so cloning never waits for it; the
@@ -292,10 +286,10 @@ def _enqueue_app(
     *,
     claim: Claim | None = None,
     retry_of: str | None = None,
-) -> Started:
+) -> StartedOut:
     args = {"app_id": app_id, "operation": operation, "options": options}
     try:
-        return Started(_enqueue(engine, "apptask", args, app_id=app_id, claim=claim, retry_of=retry_of), app_id)
+        return started(_enqueue(engine, "apptask", args, app_id=app_id, claim=claim, retry_of=retry_of), app_id)
     except BrokerDownError:
         if claim is not None:
             release_claim(engine, app_id, operation)
@@ -421,7 +415,7 @@ def _check_limits(manifest: Any, cpu_shares: int | None, cpu_quota: int | None, 
 
 def platform_task(
     engine: Engine, kind: str, args: Mapping[str, Any] | None = None, *, retry_of: str | None = None
-) -> Started:
+) -> StartedOut:
     """Start a platform task; one of its kind already queued, waiting or running answers 409 with its id."""
     from tasks.errors import DuplicateTaskError
 
@@ -431,7 +425,7 @@ def platform_task(
     args = dict(args or {})
     _check_platform_args(engine, kind, args)
     try:
-        return Started(_enqueue(engine, kind, args, app_id=None, retry_of=retry_of), None)
+        return started(_enqueue(engine, kind, args, app_id=None, retry_of=retry_of), None)
     except DuplicateTaskError as err:
         raise DuplicateError(str(err), task_id=err.task_id) from err
 
@@ -469,13 +463,13 @@ def _check_platform_args(engine: Engine, kind: str, args: dict[str, Any]) -> Non
 RETRYABLE = frozenset({"failed", "interrupted", "cancelled"})
 
 
-def retry(engine: Engine, task_id: str) -> Started:
+def retry(engine: Engine, task_id: str) -> StartedOut:
     """Start a failed, interrupted or cancelled task again with the same arguments, checked again.
 
     The arguments go through the same front-door function as a new request (a retried install is
     refused if its location was taken meanwhile); the new task's `retry_of` names the old one.
     """
-    from tasks import records
+    from models import records
 
     row = records.get(engine, task_id)
     if row is None:
@@ -491,7 +485,7 @@ def retry(engine: Engine, task_id: str) -> Started:
     return _start_again(engine, str(row.type), dict(row.args or {}), retry_of=task_id)
 
 
-def _start_again(engine: Engine, kind: str, args: dict[str, Any], *, retry_of: str) -> Started:
+def _start_again(engine: Engine, kind: str, args: dict[str, Any], *, retry_of: str) -> StartedOut:
     if kind in PLATFORM_KINDS:
         return platform_task(engine, kind, args, retry_of=retry_of)
     if kind != "apptask":
@@ -518,7 +512,7 @@ def _start_again(engine: Engine, kind: str, args: dict[str, Any], *, retry_of: s
 
 def check_stoppable(engine: Engine, task_id: str) -> str:
     """The task's state now, or MissingError; a final state means there is nothing to stop."""
-    from tasks import records
+    from models import records
 
     row = records.get(engine, task_id)
     if row is None:

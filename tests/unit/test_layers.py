@@ -1,0 +1,57 @@
+"""The layers point one way: the task records and the front door build no Celery app or web app on import,
+and the bench scripts shadow no package of the repo (so they run without `sys.path` edits)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _imported_after(modules: list[str]) -> set[str]:
+    """Top-level names of every module a fresh interpreter holds after importing `modules`."""
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(' '.join({{n.split('.')[0] for n in sys.modules}}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(done.stdout.split())
+
+
+def test_the_task_records_import_no_celery() -> None:
+    loaded = _imported_after(["models.records"])
+    assert "models" in loaded
+    assert not loaded & {"celery", "kombu", "tasks"}, sorted(loaded & {"celery", "kombu", "tasks"})
+
+
+@pytest.mark.parametrize(
+    "module", ["frontdoor", "frontdoor.actions", "frontdoor.queries", "frontdoor.schemas", "frontdoor.tokens"]
+)
+def test_the_front_door_imports_no_celery_and_no_web_framework(module: str) -> None:
+    loaded = _imported_after([module])
+    assert "frontdoor" in loaded
+    unwanted = loaded & {"celery", "kombu", "tasks", "fastapi", "starlette", "api", "cli"}
+    assert not unwanted, sorted(unwanted)
+
+
+def test_no_bench_script_shadows_a_package_of_the_repo() -> None:
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")}
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py")}
+    assert "tasks" in packages and "taskrig" in scripts
+    assert not scripts & packages, sorted(scripts & packages)
+
+
+def test_no_code_edits_sys_path() -> None:
+    """Tests and benchmarks import the worker rig as `bench.taskrig`; scripts run as `python -m bench.<name>`."""
+    edits = [
+        f"{p.relative_to(REPO)}:{n}"
+        for top in ("bench", "tests", "api", "cli", "frontdoor", "models", "tasks")
+        for p in (REPO / top).rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if ("sys.path.insert" in line or "sys.path[0] =" in line or "sys.path.append" in line)
+        and p != Path(__file__).resolve()
+    ]
+    assert edits == []
