@@ -23,6 +23,7 @@ trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$suite" "$root" "$mirror" >"$root.log" 2>&1 \
   || { tail -30 "$root.log" >&2; rm -f "$root.log"; exit 1; }
 rm -f "$root.log"
+chmod 755 "$root"  # mktemp made it 0700: it becomes the image's /, which every user must traverse
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
 tar -C "$root" --numeric-owner -cf "$out.part" .
 mv "$out.part" "$out"
