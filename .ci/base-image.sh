@@ -19,11 +19,13 @@ command -v debootstrap >/dev/null 2>&1 || {
 }
 mkdir -p "$(dirname "$out")"
 root=$(mktemp -d /tmp/boxtasks-base.XXXXXX)
-trap 'rm -rf "$root"' EXIT
+trap 'rm -rf "$root" "${part:-}"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$suite" "$root" "$mirror" >"$root.log" 2>&1 \
   || { tail -30 "$root.log" >&2; rm -f "$root.log"; exit 1; }
 rm -f "$root.log"
 chmod 755 "$root"  # mktemp made it 0700: it becomes the image's /, which every user must traverse
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
-tar -C "$root" --numeric-owner -cf "$out.part" .
-mv "$out.part" "$out"
+part=$(mktemp "$out.XXXXXX")  # two runs at once each write their own, and the last rename wins whole
+tar -C "$root" --numeric-owner -cf "$part" .
+chmod 644 "$part"
+mv "$part" "$out"
