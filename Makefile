@@ -3,19 +3,25 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two stamps: `make run` installs what running needs; test, bench, lint and docs add the dev tools.
+RUN_STAMP := $(VENV)/.installed-run-stamp
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast bench lint format clean services
+.PHONY: run test test-fast bench lint format docs clean services
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## run: start the system (embedded default with nothing configured; MySQL/RabbitMQ when BOXTASKS_* URLs are set)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/boxtasks run
 
 ## test: the whole suite against the real services (MariaDB, PostgreSQL, RabbitMQ, SQLite)
@@ -41,6 +47,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## docs: regenerate docs/configuration.md from the settings' descriptions (a test fails when it is stale)
+docs: $(STAMP)
+	$(BIN)/python -m config.reference
 
 format: $(STAMP)
 	$(BIN)/ruff format .

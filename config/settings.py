@@ -45,15 +45,37 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    env: Literal["development", "production"] = "development"
-    data_dir: Path = Field(default=Path("var"), description="where the embedded database, broker and data live")
-    database_url: str = Field(default="", description="SQLAlchemy URL; empty: SQLite under data_dir")
-    broker_url: str = Field(default="", description="Celery broker URL; empty: kombu filesystem:// under data_dir")
+    env: Literal["development", "production"] = Field(
+        default="development", description="`production` refuses missing or placeholder secrets"
+    )
+    data_dir: Path = Field(
+        default=Path("var"), description="where the embedded database, the broker's folders and app data live"
+    )
+    database_url: str = Field(
+        default="",
+        description=(
+            "SQLAlchemy URL: `mysql+pymysql://user:pw@host/db` (production), `postgresql+psycopg://…` "
+            "(extra `postgres`), `sqlite:///…`; empty: SQLite under data_dir"
+        ),
+    )
+    broker_url: str = Field(
+        default="",
+        description=(
+            "Celery broker URL: `amqp://…` (RabbitMQ), `redis://…` (extra `redis`); "
+            "empty: kombu `filesystem://` under data_dir"
+        ),
+    )
     lock_row: str = Field(default="main", min_length=1, max_length=64, description="id of the lock row")
-    lock_lease_seconds: float = Field(default=30.0, gt=0, le=3600, description="a holder silent this long is dead")
-    heartbeat_seconds: float = Field(default=0.0, ge=0, description="0: a third of the lease")
-    sweep_seconds: float = Field(default=10.0, gt=0, description="how often beat sweeps dead lock owners")
-    stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL, when stopping a task")
+    lock_lease_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="a lock holder whose heartbeat is older than this is dead"
+    )
+    heartbeat_seconds: float = Field(
+        default=0.0, ge=0, description="how often a running task stamps its heartbeat; 0: a third of the lease"
+    )
+    sweep_seconds: float = Field(
+        default=10.0, gt=0, description="how often beat sweeps dead lock owners and lost wake-ups"
+    )
+    stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL when a task is stopped")
     broker_transport_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description="JSON object handed to kombu for an amqp/redis broker, e.g. Redis's global_keyprefix",
@@ -61,62 +83,98 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(
         default=120.0,
         gt=0,
-        description="a task queued this long, its queue empty, lost its message: the sweep sends it again",
+        description=(
+            "a task `queued` this long whose queue holds no message (lost between acknowledgement and claim) "
+            "is sent again by the sweep"
+        ),
     )
     time_limits: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
-        description="JSON object of soft time limits in seconds by kind or kind.operation, over the defaults; 0: none",
+        description=(
+            'JSON object of soft time limits in seconds by kind or `kind.operation` (e.g. `{"apptask.backup": 7200}`), '
+            'over the defaults; 0: none. Past its limit a task cleans up and ends `failed`, "timed out after …"'
+        ),
     )
     time_limit_grace_seconds: float = Field(
-        default=300.0, gt=0, description="soft time limit to hard (the process is killed)"
+        default=300.0,
+        gt=0,
+        description="soft time limit to hard: the process is killed, the task ends `interrupted` once it is gone",
     )
-    sql_echo: bool = False
+    sql_echo: bool = Field(default=False, description="log every SQL statement (debugging)")
 
     # Flower, as `make run` starts it: basic auth, never open. In development an empty password
     # means "make one and keep it under the data dir"; in production it must be set.
-    flower_address: str = Field(default="127.0.0.1", min_length=1)
-    flower_port: int = Field(default=5555, ge=1, le=65535)
-    flower_user: str = Field(default="admin", min_length=1)
-    flower_password: SecretStr = Field(default=SecretStr(""), description="basic-auth password for Flower")
+    flower_address: str = Field(default="127.0.0.1", min_length=1, description="address Flower listens on")
+    flower_port: int = Field(default=5555, ge=1, le=65535, description="port Flower listens on")
+    flower_user: str = Field(default="admin", min_length=1, description="Flower's basic-auth user")
+    flower_password: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "Flower's basic-auth password, handed to Flower as `FLOWER_BASIC_AUTH` in its environment, never on "
+            "its command line; empty in development: made once and kept under data_dir; required in production"
+        ),
+    )
     worker_concurrency: int = Field(default=4, ge=1, le=256, description="processes of the worker `make run` starts")
 
     # Each task's own log (`boxtasks task logs ID`, GET /tasks/{id}/log): what its process logs while
     # it runs, kept in the database. Per task: the first lines and the last ones; the middle is dropped.
-    task_log_head_lines: int = Field(default=500, ge=0, le=1_000_000, description="first lines kept per task")
-    task_log_tail_lines: int = Field(default=2000, ge=1, le=1_000_000, description="and the last lines kept")
-    task_log_line_chars: int = Field(default=4000, ge=80, le=1_000_000, description="a longer line is cut")
-    task_log_flush_seconds: float = Field(default=0.5, gt=0, le=60, description="how often lines are written")
+    task_log_head_lines: int = Field(
+        default=500, ge=0, le=1_000_000, description="first lines kept of each task's own log"
+    )
+    task_log_tail_lines: int = Field(
+        default=2000, ge=1, le=1_000_000, description="last lines kept of each task's own log; the middle is dropped"
+    )
+    task_log_line_chars: int = Field(default=4000, ge=80, le=1_000_000, description="a longer log line is cut")
+    task_log_flush_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="how often a worker writes a running task's log lines"
+    )
 
     # The REST API (`boxtasks api`, started by `make run`): bearer tokens from the `api_tokens` table.
     # In development `make run` makes an admin token once and keeps it under the data dir; in
     # production there is none until `boxtasks token create` makes one.
-    api_address: str = Field(default="127.0.0.1", min_length=1, description="address the API listens on")
+    api_address: str = Field(
+        default="127.0.0.1", min_length=1, description="address `boxtasks api` (and `make run`) serves the REST API on"
+    )
     api_port: int = Field(default=3000, ge=1, le=65535, description="port the API listens on")
-    metrics_public: bool = Field(default=True, description="GET /metrics without a token (else a read token)")
+    metrics_public: bool = Field(
+        default=True, description="`GET /metrics` without a token; false: a token with scope `read`"
+    )
     api_max_body_bytes: int = Field(
         default=1 << 20, ge=1024, le=1 << 30, description="larger request bodies are refused (413)"
     )
 
     # Schedules (celery beat): the nightly full backup and the alert checks.
-    backup_at: str = Field(default="02:00", description="UTC time HH:MM of the nightly full backup; empty: off")
-    backup_max_age_hours: float = Field(default=48.0, gt=0, description="older last backup: backup_config alert")
+    backup_at: str = Field(
+        default="02:00",
+        description="UTC time HH:MM of the nightly full backup (beat); empty: off, and a `backup_config` alert",
+    )
+    backup_max_age_hours: float = Field(
+        default=48.0, gt=0, description="no successful full backup for this long: `backup_config` alert"
+    )
     alert_check_seconds: float = Field(default=300.0, gt=0, description="how often beat runs the alert checks")
-    disk_min_free_percent: float = Field(default=10.0, ge=0, le=100, description="less free: disk_space alert")
+    disk_min_free_percent: float = Field(
+        default=10.0, ge=0, le=100, description="less free on the data dir's disk: `disk_space` alert"
+    )
 
     # Apps: the Docker engine they run on, and how their containers are made.
-    docker_host: str = Field(default="unix:///var/run/docker.sock", description="Docker engine URL")
+    docker_host: str = Field(default="unix:///var/run/docker.sock", description="the Docker engine apps run on")
     docker_timeout_seconds: float = Field(default=120.0, gt=0, description="one Docker API call, pulls included")
     app_network: str = Field(default="bridge", min_length=1, description="network app containers join")
-    app_stop_timeout_seconds: int = Field(default=10, ge=0, le=600, description="SIGTERM to SIGKILL on stop")
+    app_stop_timeout_seconds: int = Field(
+        default=10, ge=0, le=600, description="SIGTERM to SIGKILL when an app's container stops"
+    )
     oom_watch: bool = Field(
-        default=True, description="celery beat watches the Docker engine for app containers killed out of memory"
+        default=True,
+        description=(
+            "beat watches the Docker engine for app containers killed out of memory (one watcher per deployment)"
+        ),
     )
 
     # Admin email: what needs an admin now goes over SMTP (smtplib); empty host: email is off.
     smtp_host: str = Field(default="", description="SMTP relay for admin email; empty disables email")
-    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="port of the SMTP relay")
     smtp_from: str = Field(default="boxtasks@localhost", min_length=3, description="From: of admin email")
-    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, description="one connection to the SMTP relay")
     admin_emails: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated addresses that receive admin email"
     )
@@ -124,21 +182,27 @@ class Settings(BaseSettings):
     # Mail addons of apps: the platform's own mail server, as the apps see it.
     mail_domain: str = Field(default="localhost", min_length=1, description="domain of app mail addresses")
     addon_smtp_host: str = Field(default="mail", min_length=1, description="SMTP host apps send through")
-    addon_smtp_port: int = Field(default=2525, ge=1, le=65535)
+    addon_smtp_port: int = Field(default=2525, ge=1, le=65535, description="SMTP port apps send through")
     addon_imap_host: str = Field(default="mail", min_length=1, description="IMAP host apps read mail from")
-    addon_imap_port: int = Field(default=9993, ge=1, le=65535)
+    addon_imap_port: int = Field(default=9993, ge=1, le=65535, description="IMAP port apps read mail from")
     receives_mail: bool = Field(default=False, description="whether this server receives mail (recvmail addon)")
 
     # Backups: where archives are written, how long they are kept, when a `creating` one is abandoned.
-    backup_dir: Path | None = Field(default=None, description="backup target directory; empty: <data_dir>/backups")
+    backup_dir: Path | None = Field(
+        default=None, description="backup target directory; empty: `backups` under data_dir"
+    )
     backup_keep_last: int = Field(default=7, ge=1, le=10_000, description="keep this many newest backups per app")
-    backup_keep_daily_days: int = Field(default=30, ge=0, le=3650, description="and the newest of each of D days")
+    backup_keep_daily_days: int = Field(
+        default=30, ge=0, le=3650, description="and the newest backup of each of this many days"
+    )
     backup_stale_hours: float = Field(
-        default=6.0, gt=0, description="a `creating` backup this old, no live task: error"
+        default=6.0, gt=0, description="a `creating` backup this old whose task is gone ends `error`"
     )
 
     # History: how long finished tasks, eventlog entries and notifications are kept (beat prunes daily).
-    retain_tasks_days: int = Field(default=180, ge=1, le=36500, description="finished tasks older than this go")
+    retain_tasks_days: int = Field(
+        default=180, ge=1, le=36500, description="finished tasks older than this go (never one a backup names)"
+    )
     retain_eventlog_days: int = Field(
         default=365, ge=1, le=36500, description="eventlog entries older than this go (unless a notification needs one)"
     )
@@ -151,10 +215,12 @@ class Settings(BaseSettings):
     # The platform itself: its releases (update) and its shared services (platformstart).
     release_url: str = Field(default="", description="release tarball URL (file://, http(s)://); empty: none set")
     release_public_key: str = Field(
-        default="", description="base64 Ed25519 public key; set: releases must carry a valid .sig"
+        default="", description="base64 Ed25519 public key; set: a release must carry a valid `.sig`"
     )
     release_max_bytes: int = Field(default=2 << 30, gt=0, description="a larger release download is refused")
-    infra_manifest: Path | None = Field(default=None, description="JSON infra list used before any update set one")
+    infra_manifest: Path | None = Field(
+        default=None, description="JSON infra list platformstart uses before any update set one"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import get_settings
+from config import ConfigError, get_settings
 from config.filemodes import PRIVATE_FILE, create_private_file, private_dir
 
 
@@ -72,16 +72,23 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
         engine = create_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
-        url,
-        echo=echo,
-        hide_parameters=True,
-        connect_args=driver_connect_args(url),
-        pool_pre_ping=True,
-        pool_recycle=300,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-    )
+    try:
+        return create_engine(
+            url,
+            echo=echo,
+            hide_parameters=True,
+            connect_args=driver_connect_args(url),
+            pool_pre_ping=True,
+            pool_recycle=300,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+    except ModuleNotFoundError as err:  # psycopg is an extra: the default path needs no PostgreSQL driver
+        if err.name not in ("psycopg", "psycopg2"):
+            raise
+        raise ConfigError(
+            "BOXTASKS_DATABASE_URL names PostgreSQL but its driver is not installed: pip install 'boxtasks[postgres]'"
+        ) from err
 
 
 #: In autocommit mode SQLAlchemy would still call the driver's rollback() when a connection is

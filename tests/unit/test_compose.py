@@ -1,4 +1,5 @@
-"""compose/: the services, their healthchecks and start order, required secrets, and `docker compose config`.
+"""compose/: the services, their healthchecks and start order, required secrets, `docker compose config`,
+and a Dockerfile whose build context holds what it copies (tests/integration/test_image.py builds it).
 
 The file is read as YAML for its structure, then validated by the compose CLI itself: the compose
 plugin (`docker compose`) when installed, else Debian's docker-compose (.ci/compose.sh installs it).
@@ -7,8 +8,10 @@ plugin (`docker compose`) when installed, else Debian's docker-compose (.ci/comp
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,8 @@ import yaml
 
 from tests.services import in_ci
 
-COMPOSE = Path(__file__).resolve().parents[2] / "compose"
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "compose"
 SECRETS = ("MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD", "RABBITMQ_PASSWORD", "FLOWER_PASSWORD")
 APP_SERVICES = ("api", "worker", "beat", "flower")
 
@@ -93,3 +97,47 @@ def test_compose_config_refuses_a_missing_secret() -> None:
     done = _config(env)
     assert done.returncode != 0
     assert "RABBITMQ_PASSWORD" in done.stderr
+
+
+def _context_files() -> set[str]:
+    """The files `docker build` sends from the repository, as .dockerignore leaves them."""
+    from docker.utils.build import exclude_paths
+
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return {str(path) for path in exclude_paths(str(REPO), patterns, dockerfile="compose/Dockerfile")}
+
+
+def test_the_dockerfile_copies_only_what_the_context_holds() -> None:
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    context = _context_files()
+    sources = [
+        source
+        for line in dockerfile.splitlines()
+        if (match := re.match(r"^(?:COPY|ADD)\s+(?!--from)(.+)$", line.strip()))
+        for source in match.group(1).split()[:-1]
+        if not source.startswith("--")
+    ]
+    assert sources, "no COPY in compose/Dockerfile"
+    for source in sources:
+        prefix = source.rstrip("/").removeprefix("./")
+        assert prefix in ("", ".") or any(f == prefix or f.startswith(prefix + "/") for f in context), (
+            f"compose/Dockerfile copies {source}, which the build context does not hold"
+        )
+    assert re.search(r"^ARG BASE=python:3\.1[1-9]", dockerfile, re.MULTILINE), (
+        "the default base is a public Python image"
+    )
+
+
+def test_the_context_holds_every_package_pip_installs() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    context = _context_files()
+    assert {"pyproject.toml", project["project"]["readme"]} <= context
+    for package in project["tool"]["setuptools"]["packages"]:
+        init = package.replace(".", "/") + "/__init__.py"
+        assert (REPO / init).exists(), f"pyproject lists {package}, which has no {init}"
+        assert init in context, f".dockerignore leaves out {init}"
+    assert not any(f.startswith((".git/", ".venv/", "var/", "tests/")) for f in context)
