@@ -11,7 +11,7 @@ final or are named by a backup, and some old events are pointed at by alerts: th
 
 Measured in the same run:
 * `GET /tasks?limit=50` (`frontdoor.queries.list_tasks`), median of 7, before and after;
-* `hosting.history.prune` (batches of 5,000 rows, one transaction each);
+* `hosting.events.history.prune` (batches of 5,000 rows, one transaction each);
 * the baseline: the same rows deleted by one plain `DELETE ... WHERE created_at < x` per table, on
   copies of the three tables made before the prune (one transaction each, no reference checks).
 """
@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, text
 
 from frontdoor import queries
-from hosting import history
+from hosting.events import history
 from models.migrate import upgrade
 
 ADMIN = "mysql+pymysql://root@127.0.0.1:3306"

@@ -105,7 +105,7 @@ def bench_app(ctx: RunContext, *, app_id: str, seconds: float = 0.0) -> dict[str
 
 @locked_task(kind="bench_backup", plan=BACKUP_PLAN)
 def bench_backup(ctx: RunContext, *, app_ids: list[str], seconds_per_app: float) -> dict[str, Any]:
-    from hosting.fullbackup import back_up_apps
+    from hosting.backups.fullbackup import back_up_apps
 
     # The body runs again after each park for a busy app: its first start is kept in the checkpoint.
     start = ctx.checkpoint.setdefault("start", time.time())

@@ -226,7 +226,7 @@ class NaiveCasImpl:
         new, decision = table.request(self.owner, self.locks, token=version + 1, label="bench")
         if isinstance(decision, Queued):
             blockers = (b.owner for b in decision.blockers)
-            gone = self.store.dead_owners(conn, blockers, now=_naive(now), lease=self.lease)
+            gone = self.store.dead_owners(conn, blockers, now=now, lease=self.lease)
             if gone:
                 new, decision = table.evict(gone).request(self.owner, self.locks, token=version + 1, label="bench")
         return (None if new is table else new), isinstance(decision, Granted)
@@ -261,14 +261,6 @@ class NaiveCasImpl:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _naive(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value  # type: ignore[no-any-return]
 
 
 class _PinnedImpl:

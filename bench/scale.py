@@ -12,7 +12,7 @@ with a remembered number.
     data). One worker, `celery -A tasks worker -I bench.scalekinds -c 8` (one node, 8 pool
     processes), consumes both queues. Sent at once: a full backup (`scale_backup`: plan
     `task:fullbackup` X + `platform` S, then `app:<id>` X for each of the 1,000 apps one at a
-    time through `hosting.fullbackup.back_up_apps`, 1 ms of sleep per app), then 200 apptasks
+    time through `hosting.backups.fullbackup.back_up_apps`, 1 ms of sleep per app), then 200 apptasks
     (`scale_app`: plan `platform` S + `app:<id>` X on an app drawn at random, so a few share an
     app, 20-200 ms of sleep drawn at random, seeded).
     * lock acquire: the granting compare-and-swap, as the runner records it in `tasks.locks`

@@ -6,7 +6,7 @@ from `enqueue(..., queue=...)`, so one bench run uses queues nobody else consume
 * `scale_app`: an apptask's plan (`platform` S, `app:<id>` X) and a short body: one progress
   write, then `seconds` of sleep (the bench draws 20-200 ms per task).
 * `scale_backup`: a full backup's plan (`task:fullbackup` X, `platform` S); it lists the apps
-  from the `apps` table and goes through them with `hosting.fullbackup.back_up_apps`, exactly as
+  from the `apps` table and goes through them with `hosting.backups.fullbackup.back_up_apps`, exactly as
   the real full backup does (`app:<id>` X one app at a time, busy apps last), with
   `seconds_per_app` of sleep per app instead of an archive.
 
@@ -109,8 +109,7 @@ class _Steps:
 
 @locked_task(kind="scale_backup", plan=BACKUP_PLAN)
 def scale_backup(ctx: RunContext, *, seconds_per_app: float) -> dict[str, Any]:
-    from hosting.backups import apps_to_back_up
-    from hosting.fullbackup import back_up_apps
+    from hosting.backups.fullbackup import apps_to_back_up, back_up_apps
 
     start = time.time()
     app_ids = apps_to_back_up(ctx)  # every app with backups enabled, read from the apps table

@@ -174,7 +174,7 @@ def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _manifest(path: Path) -> dict[str, Any]:
     """The manifest file as a JSON object; any problem with the file is one line and exit 2."""
-    from hosting.manifest import MAX_DEPTH
+    from hosting.apps.manifest import MAX_DEPTH
 
     try:
         raw = path.read_bytes()

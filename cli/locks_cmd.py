@@ -140,15 +140,7 @@ def _refusal(owner: str, row: Any, *, held: bool, now: dt.datetime, lease: dt.ti
 def _heartbeat_age(row: Any, now: dt.datetime) -> float | None:
     if row.heartbeat_at is None:
         return None
-    return (_naive(now) - _naive(row.heartbeat_at)).total_seconds()
-
-
-def _naive(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value  # type: ignore[no-any-return]
+    return float((now - row.heartbeat_at).total_seconds())
 
 
 def _wake(owners: list[str]) -> tuple[list[str], str | None]:

@@ -18,7 +18,6 @@ from frontdoor.errors import (
     DuplicateError,
     FrontError,
     MissingError,
-    NotAvailableError,
     ScopeError,
     StateError,
 )
@@ -31,7 +30,6 @@ __all__ = [
     "DuplicateError",
     "FrontError",
     "MissingError",
-    "NotAvailableError",
     "ScopeError",
     "StateError",
 ]

@@ -8,7 +8,6 @@ since the box may change in between. Nothing here talks to Docker.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import uuid
@@ -24,7 +23,6 @@ from frontdoor.errors import (
     BrokerDownError,
     DuplicateError,
     MissingError,
-    NotAvailableError,
     StateError,
 )
 from frontdoor.schemas import StartedOut
@@ -46,12 +44,8 @@ APP_OPERATIONS = (
     "restart",
     "repair",
 )
-#: Platform task kinds and the hosting modules each one needs (as `tasks.kinds` and they import them).
-PLATFORM_KINDS: Mapping[str, tuple[str, ...]] = {
-    "fullbackup": ("hosting.backups", "hosting.boxbackup", "hosting.retention"),
-    "update": ("hosting.platform_update",),
-    "platformstart": ("hosting.platform_start",),
-}
+#: Platform task kinds (`tasks.kinds`).
+PLATFORM_KINDS = ("fullbackup", "update", "platformstart")
 _ACTIVE = ("queued", "waiting", "running")
 _RELEASE_URL = re.compile(r"(?:https?|file)://[!-~]{1,2040}")
 #: Task arguments nest no deeper than this (MariaDB refuses JSON past 32 levels).
@@ -69,7 +63,7 @@ def started(task_id: str, app_id: str | None) -> StartedOut:
 
 
 def app_operations() -> list[str]:
-    """The app operations hosting provides in this process (a dynamic list: read it each time)."""
+    """The app operations hosting provides, the front doors' order first."""
     from hosting import operations
 
     return [op for op in operations.known() if op in APP_OPERATIONS] + [
@@ -78,31 +72,7 @@ def app_operations() -> list[str]:
 
 
 def platform_kinds() -> list[str]:
-    return [kind for kind, modules in PLATFORM_KINDS.items() if all(_importable(m) for m in modules)]
-
-
-def require_operation(operation: str) -> None:
-    known = app_operations()
-    if operation not in known:
-        raise NotAvailableError(
-            f"app operation {operation!r} is not available on this server yet "
-            f"(available: {', '.join(known) or 'none'}); nothing was started"
-        )
-
-
-def require_platform(kind: str) -> None:
-    if kind not in platform_kinds():
-        missing = ", ".join(m for m in PLATFORM_KINDS[kind] if not _importable(m))
-        raise NotAvailableError(
-            f"platform task {kind!r} is not available on this server yet ({missing} not installed); nothing was started"
-        )
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:
-        return False
+    return list(PLATFORM_KINDS)
 
 
 # ---------------------------------------------------------------------------- app operations
@@ -114,14 +84,13 @@ def install(
     """Check an install request (the seed's names: manifest, location, ports, cpuShares, ...) and start it.
 
     The app's row (its location) and its host ports are claimed in the transaction that records
-    the task (`hosting.claims`): of two requests for one location or port, one gets its task and
+    the task (`hosting.apps.claims`): of two requests for one location or port, one gets its task and
     the other a 409 naming the holder, with nothing of it left behind.
     """
-    from hosting import ports
-    from hosting.manifest import parse_manifest
-    from hosting.options import InstallOptions, check_app_id, check_env, check_location, parse
+    from hosting.apps import ports
+    from hosting.apps.manifest import parse_manifest
+    from hosting.apps.options import InstallOptions, check_app_id, check_env, check_location, parse
 
-    require_operation("install")
     app_id = app_id or str(uuid.uuid4())
     with _input_errors():
         check_app_id(app_id)
@@ -149,11 +118,10 @@ def install(
 
 def configure(engine: Engine, app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> StartedOut:
     """Check a configure request; new host ports are claimed with the task's row, as install does."""
-    from hosting import ports
-    from hosting.manifest import parse_manifest
-    from hosting.options import ConfigureOptions, check_env, parse
+    from hosting.apps import ports
+    from hosting.apps.manifest import parse_manifest
+    from hosting.apps.options import ConfigureOptions, check_env, parse
 
-    require_operation("configure")
     with _input_errors():
         opts = parse(ConfigureOptions, "configure", options)
     bindings: list[Any] | None = None
@@ -203,7 +171,6 @@ def app_operation(
         raise BadRequestError(f"unknown app operation {operation!r}; use one of {', '.join(APP_OPERATIONS)}")
     if operation == "clone":
         return clone(engine, app_id, options or {}, retry_of=retry_of)
-    require_operation(operation)
     opts = _parse_options(operation, options or {})
     row = None
     with engine.connect() as conn:
@@ -223,11 +190,12 @@ def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, ret
     backup must exist, be usable and belong to the source app. The new app's location and ports
     are checked against the backup's manifest and claimed with the task's row, as install does.
     """
-    from hosting import ports
-    from hosting.manifest import parse_manifest
-    from hosting.options import CloneOptions, check_app_id, check_env, check_location, parse
+    from hosting.apps import ports
+    from hosting.apps.manifest import parse_manifest
+    from hosting.apps.options import CloneOptions, check_app_id, check_env, check_location, parse
+    from hosting.backups.appconfig import AppConfig
+    from hosting.errors import CorruptBackupError
 
-    require_operation("clone")
     opts = dict(options)
     new_id = str(opts.pop("appId", None) or uuid.uuid4())
     with _input_errors():
@@ -244,21 +212,25 @@ def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, ret
         else:
             backup_id = str(parsed.backup_id)
         row = _usable_backup(conn, backup_id, of_app=None if parsed.archive_id else source_app_id)
-        config = dict(row.app_config or {})
+        stored = row.app_config
         if parsed.archive_id:
             archived = conn.execute(select(Archive.app_config).where(Archive.id == parsed.archive_id)).scalar()
-            config = dict(archived or {}) or config
-    if not config.get("manifest"):
+            stored = archived or stored  # an archive's own config first, as the clone task reads it
+    try:
+        config = AppConfig.from_json(stored)
+    except CorruptBackupError as err:
+        raise StateError(f"backup {backup_id!r}: {err}; clone another backup") from err
+    if not config.manifest:
         raise StateError(
             f"backup {backup_id!r} holds no app config (made by an older version): it cannot make a new app"
         )
     with _input_errors():
-        manifest = parse_manifest(config["manifest"])
+        manifest = parse_manifest(config.manifest)
         bindings = ports.check_ports(manifest, parsed.ports)
-        check_env(dict(config.get("env") or {}), manifest)
+        check_env(dict(config.env or {}), manifest)
     values = {
-        "app_store_id": str(config.get("appStoreId") or manifest.id),
-        "manifest": dict(config["manifest"]),
+        "app_store_id": str(config.app_store_id or manifest.id),
+        "manifest": dict(config.manifest),
         "version": manifest.version,
         "location": parsed.location,
     }
@@ -271,7 +243,7 @@ Claim = Callable[[Connection, str], None]
 
 def _new_app_claim(app_id: str, operation: str, values: dict[str, Any], bindings: list[Any]) -> Claim:
     def claim(conn: Connection, task_id: str) -> None:
-        from hosting import claims
+        from hosting.apps import claims
 
         claims.claim_new_app(conn, app_id, operation, values, bindings, task_id=task_id)
 
@@ -297,15 +269,15 @@ def _enqueue_app(
 
 
 def release_claim(engine: Engine, app_id: str, operation: str) -> None:
-    """Give back what the front door claimed for a task that will never begin (see `hosting.claims`)."""
-    from hosting import claims
+    """Give back what the front door claimed for a task that will never begin (see `hosting.apps.claims`)."""
+    from hosting.apps import claims
 
     with engine.begin() as conn:
         claims.give_back(conn, app_id, operation)
 
 
 def _parse_options(operation: str, options: Mapping[str, Any]) -> Any:
-    from hosting import options as o
+    from hosting.apps import options as o
 
     models: dict[str, type[Any]] = {
         "update": o.UpdateOptions,
@@ -345,7 +317,7 @@ def _check_restore(conn: Connection, app_id: str, opts: Any, *, app_exists: bool
 
 def _check_update(app_id: str, row: Any, opts: Any) -> None:
     """The new manifest: valid, of the same app, still declaring every port the app has bound."""
-    from hosting.manifest import parse_manifest
+    from hosting.apps.manifest import parse_manifest
 
     with _input_errors():
         new = parse_manifest(opts.manifest)
@@ -371,7 +343,7 @@ def _precheck(conn: Connection, app_id: str, operation: str) -> Any:
     While other tasks of the app are queued or running, the state is theirs to change, so the
     check is left to the task itself (it waits for the app's lock, then decides).
     """
-    from hosting.options import check_app_id
+    from hosting.apps.options import check_app_id
 
     with _input_errors():
         check_app_id(app_id)
@@ -388,7 +360,7 @@ def _precheck(conn: Connection, app_id: str, operation: str) -> Any:
 
 
 def _check_state(conn: Connection, app_id: str, operation: str) -> None:
-    from hosting import appstate
+    from hosting.apps import state as appstate
     from hosting.errors import NotFoundError
 
     if conn.execute(select(App.id).where(App.id == app_id, appstate.may_start(operation))).first() is not None:
@@ -400,12 +372,12 @@ def _check_state(conn: Connection, app_id: str, operation: str) -> None:
 
 
 def _check_limits(manifest: Any, cpu_shares: int | None, cpu_quota: int | None, memory_limit: int | None) -> None:
-    """The one resource check (`hosting.resources.check_limits`), with the bounds known without the Docker host.
+    """The one resource check (`hosting.apps.resources.check_limits`), with the bounds known without the Docker host.
 
     The Docker host's CPUs and memory are the task's to check: here the upper bounds are the most
     boxtasks accepts at all, and the message says so rather than naming host figures.
     """
-    from hosting.resources import check_limits
+    from hosting.apps.resources import check_limits
 
     check_limits(manifest, None, cpu_shares=cpu_shares, cpu_quota=cpu_quota, memory_limit=memory_limit)
 
@@ -421,7 +393,6 @@ def platform_task(
 
     if kind not in PLATFORM_KINDS:
         raise BadRequestError(f"unknown platform task {kind!r}; use one of {', '.join(PLATFORM_KINDS)}")
-    require_platform(kind)
     args = dict(args or {})
     _check_platform_args(engine, kind, args)
     try:
@@ -432,7 +403,7 @@ def platform_task(
 
 def _check_platform_args(engine: Engine, kind: str, args: dict[str, Any]) -> None:
     """What the platform task would refuse, refused before it exists: unknown keys, bad or unknown app ids."""
-    from hosting.options import check_app_id
+    from hosting.apps.options import check_app_id
 
     known = {"fullbackup": {"app_ids"}, "update": {"release_url"}, "platformstart": set()}[kind]
     unknown = sorted(set(args) - known)
@@ -539,7 +510,7 @@ def stop(engine: Engine, task_id: str, *, wait: bool = True) -> str:
 
 def _release_after_cancel(engine: Engine, task_id: str) -> None:
     """A task stopped before it ran gives back what its front door claimed (a new app's row and ports)."""
-    from hosting import claims
+    from hosting.apps import claims
 
     claims.give_back_for_task(engine, task_id)
 
@@ -554,8 +525,8 @@ def _enqueue(
     retry_of: str | None = None,
 ) -> str:
     """Record and send the task; what the claim refuses (a taken location or port) is a 409, and no task."""
+    from hosting.apps.manifest import json_depth
     from hosting.errors import ConflictError, InputError, NotFoundError
-    from hosting.manifest import json_depth
     from tasks import client
     from tasks.errors import BrokerUnavailableError
 

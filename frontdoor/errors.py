@@ -68,13 +68,6 @@ class DuplicateError(StateError):
         return {"task_id": self.task_id}
 
 
-class NotAvailableError(FrontError):
-    """The operation exists in the API but this server cannot run it yet (hosting does not provide it)."""
-
-    status = 501
-    code = "not_available"
-
-
 class BrokerDownError(FrontError):
     """The task was recorded but its message could not be sent: the broker is unreachable."""
 

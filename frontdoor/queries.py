@@ -31,17 +31,16 @@ from frontdoor.schemas import (
     TaskOut,
     WaiterOut,
 )
-from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState, liveness
+from models import App, Archive, Backup, Event, Notification, PortBinding, Task, TaskState
 from models.secrets import known_secrets, redact, scrub, secret_values
 
 #: The most rows one listing returns.
 MAX_LIMIT = 1000
 
 
-def iso(value: Any) -> str | None:
-    """ISO 8601 in UTC with a `Z` (the database keeps naive UTC)."""
-    naive = liveness.naive_utc(value)
-    return None if naive is None else naive.isoformat(timespec="microseconds") + "Z"
+def iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z` (`UTCDateTime` reads naive UTC)."""
+    return None if value is None else value.isoformat(timespec="microseconds") + "Z"
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -210,7 +209,7 @@ def _backup_view(row: Any, known: set[str]) -> BackupOut:
         "size": row.size,
         "checksum": row.checksum,
         "depends_on": list(row.depends_on or []),
-        "app_config": row.app_config,
+        "app_config": _app_config(row.app_config),
         "error": row.error,
         "created_at": iso(row.created_at),
     }
@@ -240,12 +239,25 @@ def get_backup(engine: Engine, backup_id: str) -> BackupOut:
     return _backup_view(row, known)
 
 
+def _app_config(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stored app config as `AppConfig` reads it (the keys it had); one that does not fit, as stored."""
+    from hosting.backups.appconfig import AppConfig
+    from hosting.errors import CorruptBackupError
+
+    if stored is None:
+        return None
+    try:
+        return AppConfig.from_json(stored).to_json()
+    except CorruptBackupError:
+        return stored
+
+
 def _archive_view(row: Any, known: set[str]) -> ArchiveOut:
     view = {
         "id": row.id,
         "backup_id": row.backup_id,
         "app_id": row.app_id,
-        "app_config": row.app_config,
+        "app_config": _app_config(row.app_config) or {},
         "has_icon": row.icon is not None,
         "created_at": iso(row.created_at),
     }
@@ -272,7 +284,7 @@ def get_archive(engine: Engine, archive_id: str) -> ArchiveOut:
 def delete_archive(engine: Engine, archive_id: str) -> None:
     """Forget the archive, and its backup unless another archive or a box backup still needs it."""
     from config import get_settings
-    from hosting.archives import delete_archive as forget
+    from hosting.backups.archives import delete_archive as forget
     from hosting.errors import BackupNotFoundError
 
     try:

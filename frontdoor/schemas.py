@@ -19,7 +19,7 @@ TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: Backup and archive ids are usable in routes: no "/" (and nothing unprintable).
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"
 ENV_PORTS_DOC = "env var -> host port, for the ports the manifest declares (tcpPorts/udpPorts)"
-#: The bounds are checked by `hosting.resources.check_limits`, for the API and the CLI alike.
+#: The bounds are checked by `hosting.apps.resources.check_limits`, for the API and the CLI alike.
 CPU_SHARES_DOC = "relative CPU weight under contention, 2-262144"
 CPU_QUOTA_DOC = "hard CPU limit, percent of one CPU (100 = 1 core), at most 100 x the Docker host's CPUs"
 MEMORY_DOC = "bytes, swap included; at least 32 MiB (or the manifest's memoryLimit), at most the Docker host's memory"

@@ -80,7 +80,7 @@ def verify(engine: Engine, token: str) -> TokenInfo | None:
         ).first()
     if row is None:
         return None
-    if row.last_used_at is None or _naive(row.last_used_at) + LAST_USED_RESOLUTION < _naive(row.now):
+    if row.last_used_at is None or row.last_used_at + LAST_USED_RESOLUTION < row.now:
         with engine.begin() as conn:
             conn.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=db_utcnow()))
     return TokenInfo(row.id, row.name, tuple(row.scopes or ()))
@@ -117,11 +117,3 @@ def revoke(engine: Engine, token_id: str) -> None:
         gone = conn.execute(delete(ApiToken).where(ApiToken.id == token_id)).rowcount
     if not gone:
         raise MissingError(f"no API token with id {token_id!r}: `boxtasks token list` shows them")
-
-
-def _naive(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value  # type: ignore[no-any-return]

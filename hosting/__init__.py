@@ -1,4 +1,13 @@
-"""What tasks do to the server: apps, ports, resources, containers, backups, mail, events.
+"""What tasks do to the server, one subpackage per concern.
+
+- `hosting.apps`: apps and their containers (operations, manifest, options, state, ports, resources,
+  mail addons, the Docker engine);
+- `hosting.backups`: backups, archives, restore and clone, retention, the box and full backups;
+- `hosting.platformops`: the platform's own release, update, start and shared infra;
+- `hosting.events`: the eventlog, notifications, alerts, email, the OOM watch, history pruning.
+
+At the top: `errors`, `context` (what an operation is given), `box` (the box's settings and Docker),
+`datadir`, and `operations` (the registry `apptask` runs app operations from).
 
 Nothing here imports Celery or HTTP: operations take a `TaskContext` and are tested without Celery.
 Nothing heavy happens at import: no settings are read and no Docker client is made until asked.
@@ -6,9 +15,11 @@ Nothing heavy happens at import: no settings are read and no Docker client is ma
 
 from __future__ import annotations
 
-from hosting.apps import configure, install, repair, restart, start, stop, uninstall
-from hosting.appstate import OPERATIONS as STATE_TABLE
-from hosting.appstate import InstallState, RunState
+from hosting.apps.lifecycle import configure, install, repair, restart, start, stop, uninstall
+from hosting.apps.manifest import Manifest, parse_manifest
+from hosting.apps.ports import RESERVED_PORTS
+from hosting.apps.state import OPERATIONS as STATE_TABLE
+from hosting.apps.state import InstallState, RunState
 from hosting.box import Box, default_box
 from hosting.context import LocalContext, TaskContext
 from hosting.errors import (
@@ -38,8 +49,7 @@ from hosting.errors import (
     StateConflictError,
     StorageError,
 )
-from hosting.manifest import Manifest, parse_manifest
-from hosting.notify import (
+from hosting.events.notify import (
     AlertKind,
     Outcome,
     app_oom,
@@ -55,8 +65,7 @@ from hosting.notify import (
     raise_alert,
     report,
 )
-from hosting.oom import watch_oom
-from hosting.ports import RESERVED_PORTS
+from hosting.events.oom import watch_oom
 
 __all__ = [
     # errors

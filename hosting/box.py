@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import Settings, get_settings
-from hosting.docker_engine import DockerEngine
+from hosting.apps.docker_engine import DockerEngine
 
 
 @dataclass

@@ -15,6 +15,8 @@ Operation = Callable[..., Any]
 F = TypeVar("F", bound=Operation)
 
 _OPERATIONS: dict[str, Operation] = {}
+#: The modules whose operations register here.
+_MODULES = ("hosting.apps.lifecycle", "hosting.apps.update", "hosting.backups.appbackup", "hosting.backups.restore")
 
 
 class UnknownOperationError(LookupError):
@@ -50,12 +52,8 @@ def run(ctx: TaskContext, app_id: str, name: str, options: dict[str, Any]) -> An
 
 
 def _load() -> None:
-    """Import the modules that register operations (kept lazy: nothing heavy at import time)."""
+    """Import the modules that register operations (kept lazy: they import this registry)."""
     import importlib
 
-    for module in ("hosting.apps", "hosting.backups", "hosting.restore", "hosting.appupdate"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    for module in _MODULES:
+        importlib.import_module(module)

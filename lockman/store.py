@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from lockman.errors import LockDocumentError, LockError, LockRowMissingError
 from lockman.table import LockTable
 from models import FINAL_STATES, PROCESSLESS_STATES, LockRequest, LockRow, Task, db_utcnow, liveness
+from models.types import naive_utc
 
 _locks: Table = LockRow.__table__  # type: ignore[assignment]
 _requests: Table = LockRequest.__table__  # type: ignore[assignment]
@@ -452,4 +453,4 @@ class _translated:
         ) from err
 
 
-_naive = liveness.naive_utc
+_naive = naive_utc  # the driver-level fetches bypass UTCDateTime

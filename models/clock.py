@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import DateTime
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from models.types import UTCDateTime
+
 
 class db_utcnow(FunctionElement[Any]):
-    type = DateTime()
+    """Read back as naive UTC (`UTCDateTime`), like the columns it fills."""
+
+    type = UTCDateTime()
     inherit_cache = True
     name = "db_utcnow"
 

@@ -18,12 +18,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Executable, text
 
+from models.types import UTCDateTime
+
 #: When the server started, per backend; SQLite has no server (and no outage of its own).
 _STARTED: dict[str, Executable] = {
     # Uptime is whole seconds, so the start looks up to a second later than it was: forgiving.
     "mysql": text("SHOW GLOBAL STATUS LIKE 'Uptime'"),
     "mariadb": text("SHOW GLOBAL STATUS LIKE 'Uptime'"),
-    "postgresql": text("SELECT pg_postmaster_start_time() AT TIME ZONE 'UTC'"),
+    "postgresql": text("SELECT pg_postmaster_start_time() AT TIME ZONE 'UTC' AS started").columns(
+        started=UTCDateTime()
+    ),
 }
 
 
@@ -38,7 +42,8 @@ def started_from(dialect: str, rows: Sequence[Sequence[Any]], now: dt.datetime) 
         return None
     if dialect in ("mysql", "mariadb"):
         return now - dt.timedelta(seconds=int(rows[0][1]))
-    return naive_utc(rows[0][0])
+    started: dt.datetime = rows[0][0]
+    return started
 
 
 def server_started_at(conn: Connection, now: dt.datetime) -> dt.datetime | None:
@@ -56,14 +61,3 @@ def silent_too_long(
     if server_started is not None and (since is None or server_started > since):
         since = server_started
     return since is None or since + lease < now
-
-
-def naive_utc(value: dt.datetime | str | None) -> dt.datetime | None:
-    """UTC as a naive datetime, whatever the driver returned."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value

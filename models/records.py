@@ -343,11 +343,11 @@ def running_on(engine: Engine, worker: str) -> list[str]:
 def stale_running(engine: Engine, lease: dt.timedelta) -> list[str]:
     """Running tasks silent for longer than the lease, on the database clock (`models.liveness`)."""
     with engine.connect() as conn:
-        now = _naive(conn.execute(select(db_utcnow())).scalar_one())
+        now = conn.execute(select(db_utcnow())).scalar_one()
         rows = conn.execute(
             select(_tasks.c.id, _tasks.c.heartbeat_at).where(_tasks.c.state == TaskState.RUNNING.value)
         ).all()
-        beats = [(r.id, liveness.naive_utc(r.heartbeat_at)) for r in rows]
+        beats = [(r.id, r.heartbeat_at) for r in rows]
         silent = [(i, beat) for i, beat in beats if beat is None or beat + lease < now]
         if not silent:
             return []
@@ -367,15 +367,9 @@ def waiting(engine: Engine, task_ids: Sequence[str] | None = None) -> Sequence[A
 
 def heartbeat_is_fresh(engine: Engine, row: Row[Any], lease: dt.timedelta) -> bool:
     """Whether the task of `row` (read by `get`) counts as alive (`models.liveness`)."""
-    beat, now = liveness.naive_utc(row.heartbeat_at), _naive(row.db_now)
+    beat, now = row.heartbeat_at, row.db_now
     if beat is not None and beat + lease >= now:
         return True
     with engine.connect() as conn:
         started = liveness.server_started_at(conn, now)
     return not liveness.silent_too_long(beat, now=now, lease=lease, server_started=started)
-
-
-def _naive(value: Any) -> dt.datetime:
-    naive = liveness.naive_utc(value)
-    assert naive is not None, "a timestamp the database filled in"
-    return naive

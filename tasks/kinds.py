@@ -12,7 +12,7 @@ from celery import Task
 
 from config import get_settings
 from hosting import operations
-from hosting.fullbackup import back_up_apps
+from hosting.backups import fullbackup as full_backup
 from tasks import broker
 from tasks.celery import app
 from tasks.locking import locked_task, process_runtime
@@ -31,16 +31,14 @@ def apptask(ctx: RunContext, *, app_id: str, operation: str, options: dict[str, 
 def fullbackup(ctx: RunContext, *, app_ids: list[str] | None = None) -> Any:
     # Runs again from here after parking for a busy app (`back_up_apps`): nothing before the loop
     # changes anything, and the loop skips the apps its checkpoint lists.
-    from hosting import backups
-
-    ids = app_ids if app_ids is not None else backups.apps_to_back_up(ctx)
-    report = back_up_apps(ctx, ids, backups.backup_app_for_full_backup, resumable=True)
-    return backups.finish_full_backup(ctx, report)
+    ids = app_ids if app_ids is not None else full_backup.apps_to_back_up(ctx)
+    report = full_backup.back_up_apps(ctx, ids, full_backup.backup_app_for_full_backup, resumable=True)
+    return full_backup.finish_full_backup(ctx, report)
 
 
 @locked_task(kind="update", plan={"task:update": "X"})
 def update(ctx: RunContext, *, release_url: str | None = None) -> Any:
-    from hosting import platform_update
+    from hosting.platformops import update as platform_update
 
     prepared = platform_update.prepare(ctx, release_url)
     backup = platform_update.back_up(ctx, prepared)  # platform S and app locks one at a time, then given back
@@ -51,7 +49,7 @@ def update(ctx: RunContext, *, release_url: str | None = None) -> Any:
 
 @locked_task(kind="platformstart", plan={"task:platformstart": "X", "platform": "X"})
 def platformstart(ctx: RunContext) -> Any:
-    from hosting import platform_start
+    from hosting.platformops import start as platform_start
 
     return platform_start.start(ctx)
 

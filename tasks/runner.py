@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from hosting import notify
+from hosting.events import notify
 from lockman import Grant, Granted, LockLostError, LockManager, LockSet, Queued, Release, lock_set
 from lockman.table import lockset_to_dict
 from models import FINAL_STATES, TaskState, records

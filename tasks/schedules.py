@@ -1,10 +1,10 @@
 """What celery beat runs besides the lock sweep: nightly full backup, alert checks, history pruning, OOM watch.
 
-The OOM watch (`hosting.oom.watch_forever`) is a thread of the beat process, started when beat starts:
+The OOM watch (`hosting.events.oom.watch_forever`) is a thread of the beat process, started when beat starts:
 a deployment runs one beat and has one Docker engine, so each OOM kill is recorded once, whatever
 the number of workers and hosts (a worker-side watcher would need a lease to elect one per engine).
 
-Thin: the checks live in `hosting.checks`; the nightly backup is an ordinary `fullbackup` task, recorded
+Thin: the checks live in `hosting.events.alerts`; the nightly backup is an ordinary `fullbackup` task, recorded
 and enqueued like one from the API, so it shows in `boxtasks task list` and takes its locks.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 from celery import signals
 
 from config import get_settings
-from hosting import history
 from hosting.box import default_box
-from hosting.checks import backups_supported, run_checks
-from hosting.oom import watch_forever
+from hosting.events import history
+from hosting.events.alerts import run_checks
+from hosting.events.oom import watch_forever
 from models import get_engine
 from tasks import client
 from tasks.celery import app
@@ -56,17 +56,14 @@ def check_alerts() -> dict[str, str]:
 
 @app.task(name="boxtasks.prune_history", ignore_result=True)
 def prune_history() -> dict[str, object]:
-    """Drop finished tasks, notifications and eventlog entries past their retention (hosting.history)."""
+    """Drop finished tasks, notifications and eventlog entries past their retention (hosting.events.history)."""
     settings = get_settings()
     return history.prune(get_engine(), history.Retention.from_settings(settings)).as_dict()
 
 
 @app.task(name="boxtasks.nightly_fullbackup", ignore_result=True)
 def nightly_fullbackup() -> str | None:
-    """Start tonight's full backup, unless one is still under way or this server cannot back up."""
-    if not backups_supported():
-        logger.warning("nightly full backup skipped: this server has no backup support yet (hosting)")
-        return None
+    """Start tonight's full backup, unless one is still under way."""
     try:
         return client.enqueue("fullbackup", {}, engine=get_engine())
     except DuplicateTaskError as err:  # the guard (tasks.guards) answers with the one under way

@@ -109,7 +109,7 @@ def _revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
 
 def _give_back_claim(rt: Any, task_id: str) -> None:
     """An app task cancelled before it began gives back what its front door claimed (as `boxtasks task stop`)."""
-    from hosting import claims
+    from hosting.apps import claims
 
     try:
         claims.give_back_for_task(rt.engine, task_id)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, select
 
 from config import Settings, load_settings
 from hosting import Box, LocalContext
-from hosting.docker_engine import LABEL_APP_ID
+from hosting.apps.docker_engine import LABEL_APP_ID
 from lockman import LockManager
 from models import App, AppAddon, Event, Notification, PortBinding, PortReservation
 from tests.dockerd import Dockerd

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 
 from hosting import LocalContext
-from hosting import apps as app_ops
+from hosting.apps import lifecycle as app_ops
 from models import App, Backup, PlatformState
 from tests.appkit import Kit, manifest
 from tests.owners import add_owner

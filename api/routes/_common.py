@@ -18,7 +18,6 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "no such item",
         409: "valid, but the box says no right now",
         422: "the request is malformed; the message says what to fix",
-        501: "this server cannot run the operation yet",
         503: "the broker is unreachable",
     }
     return {c: {"model": ErrorOut, "description": words[c]} for c in sorted({401, 403, 422, *codes})}

@@ -23,7 +23,7 @@ from frontdoor.schemas import (
 
 router = APIRouter(prefix="/apps", tags=["apps"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
-_STARTS = errors(404, 409, 422, 501, 503)
+_STARTS = errors(404, 409, 422, 503)
 
 
 def _options(body: Any) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def list_archives(db: Db, limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT
     status_code=202,
     response_model=StartedOut,
     dependencies=[Depends(auth.write)],
-    responses=errors(404, 409, 422, 501, 503),
+    responses=errors(404, 409, 422, 503),
 )
 def restore_archive(archive_id: ItemId, db: Db, body: Annotated[NoOptions | None, Body()] = None) -> StartedOut:
     """Bring an uninstalled app back from its archive (an app `restore` from the archive's backup)."""

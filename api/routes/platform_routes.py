@@ -14,7 +14,7 @@ from frontdoor.schemas import CapabilitiesOut, FullBackupRequest, NoOptions, Pla
 
 router = APIRouter(prefix="/platform", tags=["platform"])
 Db = Annotated[Engine, Depends(auth.engine_of)]
-_STARTS = errors(404, 409, 422, 501, 503)
+_STARTS = errors(404, 409, 422, 503)
 
 
 @router.get("/capabilities", response_model=CapabilitiesOut, dependencies=[Depends(auth.read)], responses=errors())

@@ -97,7 +97,7 @@ def stop_task(task_id: TaskId, db: Db, background: BackgroundTasks) -> dict[str,
     "/{task_id}/retry",
     status_code=202,
     response_model=StartedOut,
-    responses=errors(404, 409, 422, 501, 503),
+    responses=errors(404, 409, 422, 503),
 )
 def retry_task(task_id: TaskId, db: Db, token: Annotated[TokenInfo, Depends(auth.write)]) -> StartedOut:
     """Start a failed, interrupted or cancelled task again with the same arguments, checked again.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from hosting import backups, boxbackup
+from hosting.backups import appbackup, boxbackup
 from models.engine import make_engine
 from tests.appkit import Kit, new_app_id
 from tests.backupkit import install, reset_platform, task_ctx, write_tree
@@ -50,7 +50,7 @@ def test_a_backup_and_a_box_backup_are_readable_by_their_owner_only(kit: Kit) ->
     app_id = new_app_id("modes")
     install(kit, app_id)
     write_tree(kit.box.app_dir(app_id) / "data")
-    app_backup = kit.run(backups.backup, app_id)["backupId"]
+    app_backup = kit.run(appbackup.backup, app_id)["backupId"]
     reset_platform(kit)
     with task_ctx(kit, FULLBACKUP_PLAN, "fullbackup") as ctx:
         box_backup = boxbackup.create_box_backup(ctx, kit.box, depends_on=[app_backup])

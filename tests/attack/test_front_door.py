@@ -398,8 +398,8 @@ def test_a_manifest_file_that_is_not_utf8_json_is_one_line(stack: Stack, tmp_pat
 
 def _claim_as_the_front_door(kit: Kit, app_id: str, options: dict[str, Any]) -> str:
     """What `frontdoor.actions.install` writes (task row, app row, ports in one transaction), without the broker."""
-    from hosting import claims, ports
-    from hosting.manifest import parse_manifest
+    from hosting.apps import claims, ports
+    from hosting.apps.manifest import parse_manifest
     from models import records
 
     doc = parse_manifest(options["manifest"])
@@ -415,7 +415,7 @@ def _claim_as_the_front_door(kit: Kit, app_id: str, options: dict[str, Any]) -> 
 
 
 def test_the_install_task_takes_over_the_front_doors_claim(kit: Kit) -> None:
-    from hosting import apps
+    from hosting.apps import lifecycle
     from tests.appkit import free_port, new_app_id
     from tests.appkit import manifest as app_manifest
 
@@ -423,15 +423,16 @@ def test_the_install_task_takes_over_the_front_doors_claim(kit: Kit) -> None:
     options = {"manifest": app_manifest(kit.dockerd.image), "location": app_id, "ports": {"SSH_PORT": port}}
     _claim_as_the_front_door(kit, app_id, options)
     assert kit.app(app_id).installation_state == "pending_install"
-    result = kit.run(apps.install, app_id, **options)
+    result = kit.run(lifecycle.install, app_id, **options)
     assert result["installationState"] == "installed" and result["ports"] == {"SSH_PORT": port}
-    kit.run(apps.uninstall, app_id)
+    kit.run(lifecycle.uninstall, app_id)
     assert set(kit.leftovers(app_id).values()) == {0}
 
 
 def test_a_task_that_refuses_gives_the_claim_back(kit: Kit) -> None:
     """The Docker host's memory is known only to the task: past it, the task refuses and frees the claim."""
-    from hosting import ResourceError, apps
+    from hosting import ResourceError
+    from hosting.apps import lifecycle
     from tests.appkit import free_port, new_app_id
     from tests.appkit import manifest as app_manifest
 
@@ -445,5 +446,5 @@ def test_a_task_that_refuses_gives_the_claim_back(kit: Kit) -> None:
     _claim_as_the_front_door(kit, app_id, options)
     assert kit.leftovers(app_id)["reservations"] == 1
     with pytest.raises(ResourceError, match="more than the host has"):
-        kit.run(apps.install, app_id, **options)
+        kit.run(lifecycle.install, app_id, **options)
     assert set(kit.leftovers(app_id).values()) == {0}

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from hosting import CorruptBackupError, ReleaseVerifyError, backups, release, restore
+from hosting import CorruptBackupError, ReleaseVerifyError
+from hosting.backups import appbackup, restore
+from hosting.platformops import release
 from models import Backup
 from tests.appkit import Kit, new_app_id
 from tests.backupkit import backup_row, install, make_release, tree, write_tree
@@ -124,7 +126,7 @@ def test_a_hostile_archive_is_refused_by_restore_and_clone_and_nothing_is_writte
     first = install(kit, app_id)
     data = kit.box.app_dir(app_id) / "data"
     write_tree(data)
-    bid = kit.run(backups.backup, app_id)["backupId"]
+    bid = kit.run(appbackup.backup, app_id)["backupId"]
     genuine = (kit.settings.resolved_backup_dir / backup_row(kit, bid).path).read_bytes()
     (data / "after-backup").write_text("newer than the backup")
     before, outside_before = tree(data), tree(out)
@@ -169,7 +171,7 @@ def test_a_backup_leaves_out_what_a_restore_would_refuse_and_restores(kit: Kit, 
     os.mkfifo(data / "pipe")
     (data / "to-host").symlink_to(tmp_path)
     (data / "up-and-out").symlink_to("../../../..")
-    bid = kit.run(backups.backup, app_id)["backupId"]
+    bid = kit.run(appbackup.backup, app_id)["backupId"]
     (data / "blob.bin").write_bytes(b"changed after the backup")
 
     kit.run(restore.restore, app_id, backupId=bid)

@@ -22,7 +22,7 @@ from kombu.entity import Queue
 from sqlalchemy import Engine, insert, text
 
 from frontdoor import tokens
-from hosting.backups import app_config
+from hosting.backups.appbackup import app_config
 from lockman import LockManager
 from models import App, AppAddon, Archive, Backup, Event, Notification, TaskState, get_engine, records
 from models.secrets import MARKER, describe_db_error, is_secret_name, redact
@@ -169,7 +169,7 @@ def _seed_app(engine: Engine, box: Planted, app_id: str) -> tuple[str, str]:
             )
         )
         backup_id = f"app_{app_id}_20260101T000000Z_v1.0.0"
-        config = app_config(conn, app_id)
+        config = app_config(conn, app_id).to_json()
         conn.execute(
             insert(Backup).values(
                 id=backup_id,
@@ -420,7 +420,7 @@ def _enqueue_app(app_id: str, operation: str, **options: Any) -> str:
 
 
 def _container_env(dockerd: Dockerd, app_id: str) -> dict[str, str]:
-    from hosting.docker_engine import LABEL_APP_ID
+    from hosting.apps.docker_engine import LABEL_APP_ID
 
     found = dockerd.client.containers.list(all=True, filters={"label": f"{LABEL_APP_ID}={app_id}"})
     assert found, f"no container for app {app_id}"

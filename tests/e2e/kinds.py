@@ -53,7 +53,7 @@ def t_update(ctx: RunContext, *, prepare: float = 0.0, seconds: float = 0.0) -> 
 
 @locked_task(kind="t_fullbackup", plan={"task:fullbackup": "X", "platform": "S"}, queue="backup")
 def t_fullbackup(ctx: RunContext, *, app_ids: list[str], seconds_per_app: float = 0.0) -> dict[str, Any]:
-    from hosting.fullbackup import back_up_apps
+    from hosting.backups.fullbackup import back_up_apps
 
     def copy(inner: Any, app_id: str) -> dict[str, float]:
         return _work(ctx, seconds_per_app, f"backup {app_id}")

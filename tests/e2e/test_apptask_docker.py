@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hosting.docker_engine import LABEL_APP_ID
+from hosting.apps.docker_engine import LABEL_APP_ID
 from tasks.client import enqueue
 from tests.appkit import MIB, free_port, manifest
 from tests.dockerd import Dockerd

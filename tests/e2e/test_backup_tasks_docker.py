@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from config import get_settings
-from hosting import backups
+from hosting.backups import store
 from models import App, Backup, PlatformState, get_engine
 from tasks.client import enqueue
 from tests.appkit import manifest
@@ -108,7 +108,7 @@ def test_a_worker_killed_mid_backup_leaves_no_backup_marked_normal(
     assert not final.exists()
     # The beat's (or the next full backup's) cleanup turns it into an error and removes the temp file.
     with get_engine().begin() as conn:
-        assert left.id in backups.cleanup_stale(conn, get_settings(), older_than=dt.timedelta(0))
+        assert left.id in store.cleanup_stale(conn, get_settings(), older_than=dt.timedelta(0))
     assert [b.state for b in _backups_of(app_id)] == ["error"]
     assert not any(partial_dir.glob(".partial-*"))
     with get_engine().connect() as conn:  # the dead backup no longer holds the app in pending_backup

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from config import get_settings
-from hosting.docker_engine import LABEL_APP_ID
+from hosting.apps.docker_engine import LABEL_APP_ID
 from models import App, Backup, get_engine
 from tasks.client import enqueue
 from tests.appkit import manifest

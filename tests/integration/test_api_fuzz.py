@@ -1,7 +1,7 @@
 """Schemathesis over the API's own OpenAPI document, against a real uvicorn server on loopback.
 
 With a valid admin token, every operation gets generated requests, valid and not: none may answer
-a 5xx (except a documented 501 for an operation this server cannot run yet), and each answer must
+a 5xx, and each answer must
 have a documented status code, content type and shape.
 """
 
@@ -67,17 +67,14 @@ def test_no_server_errors_and_documented_answers(fuzz_schema: Any, fuzz_token: s
 
 
 def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None:
-    documented = {str(code) for code in operation.definition.raw.get("responses", {})}
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def one(case: Any) -> None:
         response = case.call(headers=headers, timeout=30)
-        if response.status_code >= 500:
-            assert response.status_code == 501 and "501" in documented, (
-                f"{case.method} {case.formatted_path} ({mode.value}) answered {response.status_code}: "
-                f"{response.text[:500]}"
-            )
+        assert response.status_code < 500, (
+            f"{case.method} {case.formatted_path} ({mode.value}) answered {response.status_code}: {response.text[:500]}"
+        )
         if mode is GenerationMode.POSITIVE:
             case.validate_response(response, checks=[status_code_conformance, response_schema_conformance])
         case.validate_response(response, checks=[content_type_conformance])

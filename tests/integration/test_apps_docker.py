@@ -16,9 +16,9 @@ from hosting import (
     PortError,
     ResourceError,
     StateConflictError,
-    apps,
-    appstate,
 )
+from hosting.apps import lifecycle
+from hosting.apps import state as appstate
 from models import AppAddon, PortBinding, PortReservation
 from tests.appkit import MIB, Kit, kit, manifest, new_app_id, run_threads
 
@@ -45,7 +45,7 @@ def _cgroup_limits(k: Kit, container_id: str) -> dict[str, str]:
 def install(k: Kit, app_id: str, **overrides: object) -> dict[str, object]:
     options: dict[str, object] = {"manifest": manifest(k.dockerd.image), "location": app_id}
     options.update(overrides)
-    return k.run(apps.install, app_id, **options)  # type: ignore[no-any-return]
+    return k.run(lifecycle.install, app_id, **options)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------- install, in full
@@ -54,7 +54,7 @@ def install(k: Kit, app_id: str, **overrides: object) -> dict[str, object]:
 def test_install_applies_ports_resources_env_addons_then_uninstall_removes_all(kit: Kit) -> None:
     app_id = new_app_id()
     with kit.ctx(app_id) as ctx:
-        result = apps.install(
+        result = lifecycle.install(
             ctx,
             app_id,
             box=kit.box,
@@ -105,7 +105,7 @@ def test_install_applies_ports_resources_env_addons_then_uninstall_removes_all(k
     assert {r.addon for r in kit.rows(AppAddon, app_id)} == {"sendmail"}
     assert [e.data["ok"] for e in kit.events("app.install") if e.source["appId"] == app_id] == [True]
 
-    kit.run(apps.uninstall, app_id)
+    kit.run(lifecycle.uninstall, app_id)
     assert kit.leftovers(app_id) == dict.fromkeys(kit.leftovers(app_id), 0)
     assert [e.source["appId"] for e in kit.events("app.uninstall")].count(app_id) == 1
 
@@ -117,7 +117,7 @@ def test_recvmail_is_set_up_where_the_server_receives_mail(kit: Kit) -> None:
     env = dict(e.split("=", 1) for e in kit.inspect(str(result["containerId"]))["Config"]["Env"])
     assert env["BOX_MAIL_IMAP_USERNAME"] == f"{app_id}.app@box.test"
     assert {r.addon for r in kit.rows(AppAddon, app_id)} == {"sendmail", "recvmail"}
-    kit.run(apps.uninstall, app_id)
+    kit.run(lifecycle.uninstall, app_id)
     assert kit.rows(AppAddon, app_id) == []
 
 
@@ -131,14 +131,14 @@ def test_configure_start_stop_restart_repair(kit: Kit) -> None:
     password = kit.rows(AppAddon, app_id)[0].config["password"]
 
     # Limits alone change in place: same container, new cgroup values.
-    kit.run(apps.configure, app_id, cpuQuota=25, memoryLimit=48 * MIB, cpuShares=1024)
+    kit.run(lifecycle.configure, app_id, cpuQuota=25, memoryLimit=48 * MIB, cpuShares=1024)
     assert kit.app(app_id).container_id == cid
     cgroup = _cgroup_limits(kit, cid)
     assert (cgroup["quota"], cgroup["memory"]) == ("25000", str(48 * MIB))
     assert kit.inspect(cid)["HostConfig"]["CpuShares"] == 1024
 
     # New ports: a new container, old reservations gone, credentials kept.
-    kit.run(apps.configure, app_id, ports={"SSH_PORT": 42023, "VOICE_PORT": 42024}, env={"MODE": "test"})
+    kit.run(lifecycle.configure, app_id, ports={"SSH_PORT": 42023, "VOICE_PORT": 42024}, env={"MODE": "test"})
     cid2 = str(kit.app(app_id).container_id)
     assert cid2 != cid and kit.inspect(cid2)["HostConfig"]["PortBindings"] == {
         "2222/tcp": [{"HostIp": "", "HostPort": "42023"}],
@@ -149,30 +149,30 @@ def test_configure_start_stop_restart_repair(kit: Kit) -> None:
     assert "MODE=test" in kit.inspect(cid2)["Config"]["Env"]
     assert kit.inspect(cid2)["HostConfig"]["Memory"] == 48 * MIB
 
-    kit.run(apps.stop, app_id)
+    kit.run(lifecycle.stop, app_id)
     assert not kit.inspect(cid2)["State"]["Running"] and kit.app(app_id).run_state == "stopped"
-    kit.run(apps.start, app_id)
+    kit.run(lifecycle.start, app_id)
     assert kit.inspect(cid2)["State"]["Running"] and kit.app(app_id).run_state == "running"
     started = kit.inspect(cid2)["State"]["StartedAt"]
-    kit.run(apps.restart, app_id)
+    kit.run(lifecycle.restart, app_id)
     assert kit.inspect(cid2)["State"]["Running"] and kit.inspect(cid2)["State"]["StartedAt"] != started
 
     # Repair rebuilds from the record, even when the container was removed behind our back.
     kit.dockerd.client.containers.get(cid2).remove(force=True)
-    kit.run(apps.repair, app_id)
+    kit.run(lifecycle.repair, app_id)
     app = kit.app(app_id)
     assert app.installation_state == "installed" and app.container_id not in (cid, cid2)
     assert kit.inspect(app.container_id)["State"]["Running"]
     assert len(kit.containers(app_id)) == 1
 
     # A stopped app stays stopped through a configure.
-    kit.run(apps.stop, app_id)
-    kit.run(apps.configure, app_id, env={})
+    kit.run(lifecycle.stop, app_id)
+    kit.run(lifecycle.configure, app_id, env={})
     assert not kit.inspect(kit.app(app_id).container_id)["State"]["Running"]
 
     actions = [e.action for e in kit.events("app.configure") + kit.events("app.stop") if e.source["appId"] == app_id]
     assert len(actions) == 5
-    kit.run(apps.uninstall, app_id)
+    kit.run(lifecycle.uninstall, app_id)
     assert kit.leftovers(app_id) == dict.fromkeys(kit.leftovers(app_id), 0)
 
 
@@ -197,7 +197,7 @@ def test_two_installs_racing_for_one_port_exactly_one_wins(kit: Kit) -> None:
         assert f"port {port}/tcp" in str(err) and f"used by app {winner}" in str(err)
         assert kit.leftovers(loser) == dict.fromkeys(kit.leftovers(loser), 0)
         assert kit.inspect(str(winners[0]["containerId"]))["State"]["Running"]
-        kit.run(apps.uninstall, winner)
+        kit.run(lifecycle.uninstall, winner)
 
 
 def test_operation_refused_in_the_wrong_state(kit: Kit) -> None:
@@ -210,16 +210,16 @@ def test_operation_refused_in_the_wrong_state(kit: Kit) -> None:
     with kit.ctx(app_id) as ctx, ctx.fenced() as conn:
         appstate.begin(conn, app_id, "backup")
     with pytest.raises(StateConflictError, match="it is pending_backup") as caught:
-        kit.run(apps.start, app_id)
+        kit.run(lifecycle.start, app_id)
     assert caught.value.state == "pending_backup"
     assert kit.app(app_id).installation_state == InstallState.PENDING_BACKUP
 
     # repair is allowed from any state.
-    kit.run(apps.repair, app_id)
+    kit.run(lifecycle.repair, app_id)
     assert kit.app(app_id).installation_state == "installed"
-    kit.run(apps.uninstall, app_id)
+    kit.run(lifecycle.uninstall, app_id)
     with pytest.raises(NotFoundError):
-        kit.run(apps.stop, app_id)
+        kit.run(lifecycle.stop, app_id)
 
 
 def test_failed_install_leaves_error_and_is_reissued_after_the_image_is_made(kit: Kit) -> None:
@@ -227,7 +227,7 @@ def test_failed_install_leaves_error_and_is_reissued_after_the_image_is_made(kit
     missing = "127.0.0.1:5999/boxtasks-test/missing:1.0.0"  # nothing listens there: the pull fails fast
     options = {"manifest": manifest(missing), "location": app_id, "ports": {"SSH_PORT": 44022}}
     with pytest.raises(ImageError, match=r"image 127\.0\.0\.1:5999/boxtasks-test/missing:1\.0\.0 .*pulling it failed"):
-        kit.run(apps.install, app_id, **options)
+        kit.run(lifecycle.install, app_id, **options)
     app = kit.app(app_id)
     assert app.installation_state == "error" and app.error_operation == "install"
     assert "missing:1.0.0" in app.error["message"] and app.error["kind"] == "ImageError"
@@ -236,17 +236,17 @@ def test_failed_install_leaves_error_and_is_reissued_after_the_image_is_made(kit
 
     # Only a retry of install (or repair/uninstall) may start from this error.
     with pytest.raises(StateConflictError, match="failed install"):
-        kit.run(apps.start, app_id)
+        kit.run(lifecycle.start, app_id)
 
     kit.dockerd.client.images.get(kit.dockerd.image).tag("127.0.0.1:5999/boxtasks-test/missing", "1.0.0")
     try:
-        result = kit.run(apps.install, app_id, **options)
+        result = kit.run(lifecycle.install, app_id, **options)
         assert result["installationState"] == "installed"
         app = kit.app(app_id)
         assert app.error is None and app.error_operation is None
         assert kit.inspect(app.container_id)["State"]["Running"]
         assert len(kit.rows(PortReservation, app_id)) == 1
-        kit.run(apps.uninstall, app_id)
+        kit.run(lifecycle.uninstall, app_id)
     finally:
         kit.dockerd.client.images.remove(missing)
 
@@ -293,27 +293,27 @@ def test_bad_input_to_an_installed_app_changes_nothing(kit: Kit) -> None:
     before = (kit.app(app_id), kit.rows(PortBinding, app_id), kit.rows(PortReservation, app_id))
 
     with pytest.raises(PortConflictError, match=f"port 46022/tcp for SSH_PORT is already used by app {other}"):
-        kit.run(apps.configure, app_id, ports={"SSH_PORT": 46022})
+        kit.run(lifecycle.configure, app_id, ports={"SSH_PORT": 46022})
     with pytest.raises(PortError, match="reserved for PostgreSQL"):
-        kit.run(apps.configure, app_id, ports={"SSH_PORT": 5432})
+        kit.run(lifecycle.configure, app_id, ports={"SSH_PORT": 5432})
     with pytest.raises(ResourceError, match="memoryLimit"):
-        kit.run(apps.configure, app_id, memoryLimit=10**15)
+        kit.run(lifecycle.configure, app_id, memoryLimit=10**15)
     with pytest.raises(OptionsError, match="nothing to configure"):
-        kit.run(apps.configure, app_id)
-    for op in (apps.start, apps.stop, apps.restart, apps.repair, apps.uninstall):
+        kit.run(lifecycle.configure, app_id)
+    for op in (lifecycle.start, lifecycle.stop, lifecycle.restart, lifecycle.repair, lifecycle.uninstall):
         with pytest.raises(OptionsError, match="Extra inputs are not permitted"):
             kit.run(op, app_id, force=True)
     with pytest.raises(LocationConflictError, match=f"already used by app {app_id}"):
         install(kit, new_app_id(), location=app_id)
     with kit.ctx("dots") as ctx, pytest.raises(OptionsError, match="bad app id"):
-        apps.install(ctx, "../etc", box=kit.box, manifest=manifest(kit.dockerd.image), location="dots")
+        lifecycle.install(ctx, "../etc", box=kit.box, manifest=manifest(kit.dockerd.image), location="dots")
 
     assert (kit.app(app_id), kit.rows(PortBinding, app_id), kit.rows(PortReservation, app_id)) == before
     assert kit.inspect(before[0].container_id)["State"]["Running"]
     with kit.engine.connect() as conn:
         assert conn.execute(select(PortReservation.app_id).where(PortReservation.port == 46022)).scalar() == other
-    kit.run(apps.uninstall, app_id)
-    kit.run(apps.uninstall, other)
+    kit.run(lifecycle.uninstall, app_id)
+    kit.run(lifecycle.uninstall, other)
 
 
 def test_the_registry_path_the_task_layer_takes(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,13 +15,11 @@ from hosting import (
     ContainerError,
     CorruptBackupError,
     StateConflictError,
-    apps,
-    archives,
-    backups,
-    restore,
 )
-from hosting.appupdate import update_app
-from hosting.fullbackup import back_up_apps
+from hosting.apps import lifecycle
+from hosting.apps.update import update_app
+from hosting.backups import appbackup, archives, fullbackup, restore, store
+from hosting.backups.fullbackup import back_up_apps
 from models import Archive, Backup
 from tests.appkit import Kit, kit, manifest, new_app_id
 from tests.backupkit import (
@@ -55,7 +53,7 @@ def test_backup_then_restore_brings_the_data_back_byte_for_byte(kit: Kit) -> Non
     kit.exec(str(first["containerId"]), "echo from-the-app > /app/data/app-wrote")
     before = tree(data_dir(kit, app_id))
 
-    result = kit.run(backups.backup, app_id)
+    result = kit.run(appbackup.backup, app_id)
     row = backup_row(kit, result["backupId"])
     assert "/" not in row.id and row.id.startswith(f"app_{app_id}_") and row.id.endswith("_v1.0.0")
     assert row.state == "normal" and row.type == "app" and row.format == "tgz" and row.path != row.id
@@ -84,7 +82,7 @@ def test_a_corrupt_archive_is_refused_and_the_app_is_left_as_it_was(kit: Kit, da
     app_id = new_app_id()
     first = install(kit, app_id)
     write_tree(data_dir(kit, app_id))
-    bid = kit.run(backups.backup, app_id)["backupId"]
+    bid = kit.run(appbackup.backup, app_id)["backupId"]
     (data_dir(kit, app_id) / "after-backup").write_text("newer than the backup")
     now = tree(data_dir(kit, app_id))
 
@@ -115,7 +113,7 @@ def test_clone_copies_notes_operators_and_checklist_as_of_the_backup(kit: Kit) -
     write_tree(data_dir(kit, source), seed=7)
     backed_up = tree(data_dir(kit, source))
     set_meta(kit, source, notes="as backed up", operators=["alice"], checklist={"dns": {"done": True}})
-    bid = kit.run(backups.backup, source)["backupId"]
+    bid = kit.run(appbackup.backup, source)["backupId"]
     set_meta(kit, source, notes="changed later", operators=["bob"], checklist={"dns": {"done": False}})
     (data_dir(kit, source) / "later").write_text("after the backup")
 
@@ -147,7 +145,7 @@ def test_uninstall_with_archive_then_restore_from_the_archive_then_delete_it(kit
     saved = tree(data_dir(kit, app_id))
     set_meta(kit, app_id, notes="archived app", operators=["carol"], checklist={})
 
-    gone = kit.run(apps.uninstall, app_id, archive=True, icon="iVBORw0KGgo=")
+    gone = kit.run(lifecycle.uninstall, app_id, archive=True, icon="iVBORw0KGgo=")
     assert gone["uninstalled"] and gone["archiveId"] and gone["backupId"]
     assert kit.leftovers(app_id) == dict.fromkeys(kit.leftovers(app_id), 0)
     listed = {a["id"]: a for a in archives.list_archives(kit.engine)}
@@ -178,12 +176,12 @@ def test_the_fifth_failed_backup_in_a_row_notifies_and_the_fourth_does_not(kit: 
     kit.box.settings = kit.settings.model_copy(update={"backup_dir": blocker})
     # A success first (the app's series is its own, but a clean start says so).
     kit.box.settings = kit.settings.model_copy(update={"backup_dir": kit.data_dir / "backups-ok"})
-    kit.run(backups.backup, app_id)
+    kit.run(appbackup.backup, app_id)
     kit.box.settings = kit.settings.model_copy(update={"backup_dir": blocker})
     titles_before = [n.title for n in kit.notifications()]
     for attempt in range(1, 6):
         with pytest.raises(BackupError):
-            kit.run(backups.backup, app_id)
+            kit.run(appbackup.backup, app_id)
         new = [n.title for n in kit.notifications()][len(titles_before) :]
         if attempt < 5:
             assert new == [], f"attempt {attempt} notified"
@@ -233,7 +231,7 @@ def test_an_update_whose_new_version_does_not_start_leaves_error_and_the_old_one
     assert [c.id for c in containers] == [first["containerId"]]
     assert kit.inspect(str(first["containerId"]))["State"]["Running"]
     with pytest.raises(StateConflictError):
-        kit.run(backups.backup, app_id)  # an app in error is not backed up until repaired or updated
+        kit.run(appbackup.backup, app_id)  # an app in error is not backed up until repaired or updated
 
 
 # ---------------------------------------------------------------------------- the full backup
@@ -245,9 +243,9 @@ def test_full_backup_makes_app_backups_and_a_box_backup_that_depends_on_them(kit
         install(kit, app_id)
         write_tree(data_dir(kit, app_id), seed=i)
     with only_these_back_up(kit.engine, ids), task_ctx(kit, FULLBACKUP_PLAN, "fullbackup") as ctx:
-        listed = backups.apps_to_back_up(ctx)
-        report = back_up_apps(ctx, listed, lambda c, a: backups.backup_app_for_full_backup(c, a, box=kit.box))
-        result = backups.finish_full_backup(ctx, report, box=kit.box)
+        listed = fullbackup.apps_to_back_up(ctx)
+        report = back_up_apps(ctx, listed, lambda c, a: fullbackup.backup_app_for_full_backup(c, a, box=kit.box))
+        result = fullbackup.finish_full_backup(ctx, report, box=kit.box)
     assert sorted(listed) == sorted(ids)
     percents = [p for p, _ in ctx.reports]
     assert percents == sorted(percents) and percents[-1] == 100
@@ -301,7 +299,7 @@ def test_stale_creating_backups_are_marked_error_once_their_task_is_gone(kit: Ki
     import datetime as dt
 
     with kit.engine.begin() as conn:
-        cleaned = backups.cleanup_stale(conn, kit.settings, older_than=dt.timedelta(0))
+        cleaned = store.cleanup_stale(conn, kit.settings, older_than=dt.timedelta(0))
     assert f"app_{app_id}_{dead}" in cleaned and f"app_{app_id}_{live}" not in cleaned
     assert backup_row(kit, f"app_{app_id}_{dead}").state == "error"
     assert backup_row(kit, f"app_{app_id}_{live}").state == "creating"
@@ -312,7 +310,7 @@ def test_restore_refuses_another_apps_backup_and_a_failed_one(kit: Kit) -> None:
     a, b = new_app_id(), new_app_id()
     install(kit, a)
     install(kit, b)
-    bid = kit.run(backups.backup, a)["backupId"]
+    bid = kit.run(appbackup.backup, a)["backupId"]
     with pytest.raises(BackupError, match="clone it"):
         kit.run(restore.restore, b, backupId=bid)
     with kit.engine.begin() as conn:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from frontdoor import actions
 from lockman import LockManager
 from models.migrate import upgrade
 from tests.cli_run import boxtasks
@@ -111,11 +110,6 @@ def test_refusals_are_one_line_and_non_zero(env: Env, tmp_path: Path) -> None:
     assert no_app.code == 1 and "no app 'nope'" in _one_line_error(no_app)
     no_task = boxtasks("task", "show", "nope", "--json")
     assert no_task.code == 1 and "no task 'nope'" in _one_line_error(no_task)
-    missing_kinds = [k for k in ("platformstart", "update", "fullbackup") if k not in actions.platform_kinds()]
-    if missing_kinds:  # hosting provides them one by one: refuse one that is not there yet
-        command = {"platformstart": "start", "update": "update", "fullbackup": "backup"}[missing_kinds[0]]
-        unavailable = boxtasks("platform", command)
-        assert unavailable.code == 1 and "not available" in _one_line_error(unavailable)
     assert boxtasks("task").code == 2
     assert boxtasks("app", "install", "--location", "x").code == 2
     assert boxtasks("task", "list", "--state", "sleeping").code == 2

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from config import load_settings
 from config.celery import beat_schedule
-from hosting import history
+from hosting.events import history
 from models import Backup, Event, Notification, Task, TaskLogLine, db_utcnow
 
 OLD = dt.timedelta(days=400)  # past every default retention

@@ -12,10 +12,12 @@ import pytest
 from sqlalchemy import Engine, create_engine, delete, insert, select
 
 from config import Settings, load_settings
-from hosting import BackupError, LocalContext, backups, notify
+from hosting import BackupError, LocalContext
+from hosting.apps.docker_engine import DockerEngine
+from hosting.backups import appbackup
 from hosting.box import Box
-from hosting.docker_engine import DockerEngine
-from hosting.notify import AlertKind
+from hosting.events import notify
+from hosting.events.notify import AlertKind
 from lockman import LockManager
 from models import App, Backup, Event, Notification, records
 from tasks.runner import Runtime, recover_dead
@@ -163,7 +165,7 @@ def test_app_backup_task_runs_are_counted_by_the_backup_operation(
         owner = add_owner(engine, kind="apptask")
         grant = manager.acquire(owner, {"platform": "S", f"app:{app_id}": "X"}, timeout=60)
         try:
-            backups.backup(LocalContext(manager, grant), app_id, box=box)
+            appbackup.backup(LocalContext(manager, grant), app_id, box=box)
         except BackupError:
             return False
         finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hosting import apps
+from hosting.apps import lifecycle
 from models import Event, Notification
 from tests.appkit import MIB, Kit, kit, manifest, new_app_id
 from tests.e2e.harness import REPO, VENV_BIN
@@ -53,7 +53,7 @@ def test_beat_records_an_oom_kill_of_an_app(kit: Kit, mariadb_url: str, tmp_path
         time.sleep(1.0)  # the watch thread opens its stream just after it logs
         # 128 MiB under a 32 MiB limit (the test image's HOG_MB): the kernel kills the app's process.
         kit.run(
-            apps.install,
+            lifecycle.install,
             app_id,
             manifest=manifest(kit.dockerd.image, memoryLimit=32 * MIB),
             location=app_id,
@@ -76,4 +76,4 @@ def test_beat_records_an_oom_kill_of_an_app(kit: Kit, mariadb_url: str, tmp_path
             beat.wait(timeout=30)
         except subprocess.TimeoutExpired:
             beat.kill()
-        kit.run(apps.uninstall, app_id)
+        kit.run(lifecycle.uninstall, app_id)

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from hosting import apps, watch_oom
-from hosting.notify import Outcome
+from hosting import watch_oom
+from hosting.apps import lifecycle
+from hosting.events.notify import Outcome
 from tests.appkit import MIB, Kit, SmtpSink, kit, manifest, new_app_id, smtp_sink
 
 pytestmark = [pytest.mark.docker, pytest.mark.mariadb]
@@ -36,7 +37,7 @@ def test_oom_kill_raises_a_notification_and_no_email(kit: Kit, smtp_sink: SmtpSi
         time.sleep(0.5)  # the stream is open before the container starts
         # The app allocates 128 MiB under a 32 MiB limit (the test image's HOG_MB): the kernel kills it.
         kit.run(
-            apps.install,
+            lifecycle.install,
             app_id,
             manifest=manifest(kit.dockerd.image, memoryLimit=32 * MIB),
             location=app_id,
@@ -60,7 +61,7 @@ def test_oom_kill_raises_a_notification_and_no_email(kit: Kit, smtp_sink: SmtpSi
     titles = [n.title for n in kit.notifications() if n.event_id == outcome.event_id]
     assert titles == [f"App {app_id} ran out of memory"]
     assert smtp_sink.messages == []
-    kit.run(apps.uninstall, app_id)
+    kit.run(lifecycle.uninstall, app_id)
 
 
 def test_watcher_returns_after_its_duration(kit: Kit) -> None:

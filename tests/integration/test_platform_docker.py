@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from hosting import ReleaseError, ReleaseVerifyError, platform_start, platform_state, platform_update
+from hosting import ReleaseError, ReleaseVerifyError
+from hosting.platformops import start as platform_start
+from hosting.platformops import state as platform_state
+from hosting.platformops import update as platform_update
 from models import Backup
 from tests.appkit import Kit, kit, new_app_id
 from tests.backupkit import (
@@ -177,9 +180,9 @@ def test_platformstart_brings_infra_to_its_versions_starts_apps_and_marks_ready(
     running, stopped = new_app_id(), new_app_id()
     first = install(kit, running)
     install(kit, stopped)
-    from hosting import apps
+    from hosting.apps import lifecycle
 
-    kit.run(apps.stop, stopped)
+    kit.run(lifecycle.stop, stopped)
     # A reboot: the running app's container is down; the platform is not ready.
     kit.dockerd.client.containers.get(str(first["containerId"])).stop(timeout=1)
     assert not platform_state.is_ready(kit.engine)

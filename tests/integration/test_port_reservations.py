@@ -11,8 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, delete, insert, inspect, select
 
-from hosting import PortConflictError, ports
-from hosting.ports import Binding
+from hosting import PortConflictError
+from hosting.apps import ports
+from hosting.apps.ports import Binding
 from models import App, Base, PortReservation
 from models.migrate import downgrade, upgrade
 from tests.services import fresh_database

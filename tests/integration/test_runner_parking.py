@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, update
 
-from hosting.fullbackup import back_up_apps
+from hosting.backups.fullbackup import back_up_apps
 from lockman import Granted, lock_set
 from lockman.table import lockset_to_dict
 from models import Task, records

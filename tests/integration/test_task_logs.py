@@ -239,12 +239,12 @@ def test_a_dump_tools_output_goes_to_the_task_log(mariadb_url: str, tmp_path: Pa
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    from hosting.boxbackup import dump_database
+    from hosting.backups.boxbackup import dump_database
     from hosting.errors import DumpError
 
     eng = create_engine(mariadb_url)
     cap = Capture(eng, Bounds(head=100, tail=100), line_chars=500, flush_seconds=60)
-    logger = logging.getLogger("hosting.boxbackup")
+    logger = logging.getLogger("hosting.backups.boxbackup")
     logger.addHandler(cap)
     level = logger.level
     logger.setLevel(logging.INFO)  # as in a worker run with `-l info`
@@ -256,7 +256,7 @@ def test_a_dump_tools_output_goes_to_the_task_log(mariadb_url: str, tmp_path: Pa
             dump_database(missing, tmp_path)
         cap.end(task_id)
         text = _text(eng, task_id)
-        assert "hosting.boxbackup: mysqldump: " in text and "Unknown database" in text
+        assert "hosting.backups.boxbackup: mysqldump: " in text and "Unknown database" in text
     finally:
         logger.setLevel(level)
         logger.removeHandler(cap)

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, insert, select, update
 
 from config import load_settings
 from config.celery import beat_schedule
-from hosting import checks
+from hosting.events import alerts
 from models import App, Backup, Notification
 from models.migrate import upgrade
 
@@ -43,7 +43,7 @@ def test_disk_space_alert_is_raised_once_kept_and_cleared(engine: Engine, tmp_pa
     settings = load_settings(data_dir=tmp_path / "data", disk_min_free_percent=10)
     low = Usage(100 * GIB, 95 * GIB, 5 * GIB)
     with engine.begin() as conn:
-        result, outcome = checks.disk_space(conn, settings, usage=lambda _: low)
+        result, outcome = alerts.disk_space(conn, settings, usage=lambda _: low)
     assert result.state == "raised" and outcome is not None
     alert_id, message, _ = _alerts(engine)["disk_space"]
     assert "Only 5% of the disk" in message and str(tmp_path / "data") in message
@@ -51,31 +51,25 @@ def test_disk_space_alert_is_raised_once_kept_and_cleared(engine: Engine, tmp_pa
         conn.execute(update(Notification).where(Notification.id == alert_id).values(acknowledged=True))
     slightly_lower = Usage(100 * GIB, 95 * GIB + 1000, 5 * GIB - 1000)
     with engine.begin() as conn:
-        checks.disk_space(conn, settings, usage=lambda _: slightly_lower)
+        alerts.disk_space(conn, settings, usage=lambda _: slightly_lower)
     assert _alerts(engine)["disk_space"] == (alert_id, message, True)  # same alert, still acknowledged
     with engine.begin() as conn:
-        result, _ = checks.disk_space(conn, settings, usage=lambda _: Usage(100 * GIB, 50 * GIB, 50 * GIB))
+        result, _ = alerts.disk_space(conn, settings, usage=lambda _: Usage(100 * GIB, 50 * GIB, 50 * GIB))
     assert result.state == "cleared" and "disk_space" not in _alerts(engine)
     with engine.begin() as conn:
-        result, _ = checks.disk_space(conn, settings, usage=lambda _: Usage(100 * GIB, 50 * GIB, 50 * GIB))
+        result, _ = alerts.disk_space(conn, settings, usage=lambda _: Usage(100 * GIB, 50 * GIB, 50 * GIB))
     assert result.state == "ok"
 
 
-def test_backup_config_alert(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backup_config_alert(engine: Engine, tmp_path: Path) -> None:
     off = load_settings(data_dir=tmp_path, backup_at="")
     with engine.begin() as conn:
-        result, _ = checks.backup_config(conn, off)
+        result, _ = alerts.backup_config(conn, off)
     assert result.state == "raised" and "BOXTASKS_BACKUP_AT is empty" in result.message
 
     on = load_settings(data_dir=tmp_path, backup_at="02:00", backup_max_age_hours=48)
-    monkeypatch.setattr(checks, "backups_supported", lambda: False)
     with engine.begin() as conn:
-        result, _ = checks.backup_config(conn, on)
-    assert result.state == "raised" and "no backup support" in result.message
-
-    monkeypatch.setattr(checks, "backups_supported", lambda: True)
-    with engine.begin() as conn:
-        result, _ = checks.backup_config(conn, on)
+        result, _ = alerts.backup_config(conn, on)
     assert result.state == "cleared"  # no app yet: nothing to back up
 
     long_ago = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=3)
@@ -102,16 +96,16 @@ def test_backup_config_alert(engine: Engine, tmp_path: Path, monkeypatch: pytest
                 enable_mailbox=False,
             )
         )
-        result, _ = checks.backup_config(conn, on)
+        result, _ = alerts.backup_config(conn, on)
     assert result.state == "raised" and "No full backup succeeded in the last 48 hours (never)" in result.message
     with engine.begin() as conn:
         conn.execute(insert(Backup).values(id="box1", path="p", type="box", version="1", state="normal", depends_on=[]))
-        result, _ = checks.backup_config(conn, on)
+        result, _ = alerts.backup_config(conn, on)
     assert result.state == "cleared" and _alerts(engine) == {}
 
 
 def test_run_checks_runs_each_in_its_own_transaction(engine: Engine, tmp_path: Path) -> None:
-    results = checks.run_checks(engine, load_settings(data_dir=tmp_path, backup_at=""))
+    results = alerts.run_checks(engine, load_settings(data_dir=tmp_path, backup_at=""))
     assert {r.kind.value for r in results} == {"disk_space", "backup_config"}
     assert "backup_config" in _alerts(engine)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import setuptools
 import yaml
 
 from tests.services import in_ci
@@ -136,7 +137,14 @@ def test_the_context_holds_every_package_pip_installs() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     context = _context_files()
     assert {"pyproject.toml", project["project"]["readme"]} <= context
-    for package in project["tool"]["setuptools"]["packages"]:
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = setuptools.find_packages(where=str(REPO), include=include)
+    # Every package under a listed top level installs, subpackages included (a hand list once missed them).
+    for init in REPO.glob("*/**/__init__.py"):
+        dotted = ".".join(init.relative_to(REPO).parent.parts)
+        if dotted.split(".")[0] in {p.split(".")[0] for p in packages}:
+            assert dotted in packages, f"pyproject's packages.find leaves out {dotted}"
+    for package in packages:
         init = package.replace(".", "/") + "/__init__.py"
         assert (REPO / init).exists(), f"pyproject lists {package}, which has no {init}"
         assert init in context, f".dockerignore leaves out {init}"

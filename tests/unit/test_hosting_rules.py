@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from hosting import RESERVED_PORTS, STATE_TABLE, InstallState, ManifestError, PortError, ResourceError, parse_manifest
-from hosting.appstate import ANY_STATE
-from hosting.container import AppSpec, create_kwargs
+from hosting.apps.addons import env_for
+from hosting.apps.container import AppSpec, create_kwargs
+from hosting.apps.options import ConfigureOptions, InstallOptions, parse
+from hosting.apps.ports import check_ports
+from hosting.apps.resources import HostCapacity, Limits, check_limits
+from hosting.apps.state import ANY_STATE
 from hosting.errors import HostingError, InputError, OptionsError
-from hosting.mail import env_for
-from hosting.options import ConfigureOptions, InstallOptions, parse
-from hosting.ports import check_ports
-from hosting.resources import HostCapacity, Limits, check_limits
 
 MIB = 1024 * 1024
 HOST = HostCapacity(ncpu=4, memory=8 * 1024 * MIB)

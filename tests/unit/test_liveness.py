@@ -6,8 +6,10 @@ import datetime as dt
 
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import TextualSelect, create_engine
 
-from models.liveness import silent_too_long, started_from
+from models.liveness import server_start_query, silent_too_long, started_from
+from models.types import UTCDateTime
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, 0)
 LEASE = dt.timedelta(seconds=30)
@@ -51,6 +53,20 @@ def test_the_restart_never_makes_a_holder_deader(beat: float, started: float) ->
 
 def test_server_start_from_mysql_uptime_and_postgres_timestamp() -> None:
     assert started_from("mariadb", [("Uptime", "90")], NOW) == ago(90)
-    aware = dt.datetime(2026, 11, 29, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
-    assert started_from("postgresql", [(aware,)], NOW) == dt.datetime(2026, 11, 29, 12, 0)
+    # PostgreSQL's answer is read through UTCDateTime (naive UTC whatever the driver gives).
+    assert started_from("postgresql", [(dt.datetime(2026, 11, 29, 12, 0),)], NOW) == dt.datetime(2026, 11, 29, 12, 0)
+    query = server_start_query("postgresql")
+    assert isinstance(query, TextualSelect) and isinstance(query.selected_columns[0].type, UTCDateTime)
     assert started_from("mysql", [], NOW) is None
+
+
+def test_utc_type_reads_and_writes_naive_utc() -> None:
+    utc = UTCDateTime()
+    aware = dt.datetime(2026, 11, 29, 13, 0, 0, 250000, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    naive = dt.datetime(2026, 11, 29, 12, 0, 0, 250000)
+    for url in ("postgresql+psycopg://", "mysql+pymysql://", "sqlite://"):
+        dialect = create_engine(url).dialect  # no connection is made
+        assert utc.process_result_value(aware, dialect) == naive
+        assert utc.process_result_value("2026-11-29 12:00:00.250", dialect) == naive
+        assert utc.process_result_value(None, dialect) is None
+        assert utc.process_bind_param(aware, dialect) == naive

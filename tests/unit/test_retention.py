@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from hosting import retention
+from hosting.backups import retention
 
 
 def test_retention_keeps_the_newest_and_daily_ones_and_what_others_need() -> None:

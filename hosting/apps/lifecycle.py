@@ -13,22 +13,17 @@ Each one, called as `fn(ctx, app_id, **options)` (the registry in `hosting.opera
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from hosting import appstate, claims, datadir, events, mail, ports
-from hosting.appstate import InstallState, RunState
-from hosting.box import Box, resolve
-from hosting.container import AppSpec, create_kwargs
-from hosting.context import TaskContext
-from hosting.errors import BusyError, LocationConflictError, NotFoundError
-from hosting.manifest import Manifest, parse_manifest
-from hosting.operations import operation
-from hosting.options import (
+from hosting import datadir
+from hosting.apps import addons, ports, steps
+from hosting.apps import state as appstate
+from hosting.apps.manifest import Manifest, parse_manifest
+from hosting.apps.options import (
     ConfigureOptions,
     InstallOptions,
     NoOptions,
@@ -38,13 +33,19 @@ from hosting.options import (
     check_location,
     parse,
 )
-from hosting.resources import Limits, check_limits
-from lockman import LockLostError
+from hosting.apps.resources import Limits, check_limits
+from hosting.apps.state import InstallState, RunState
+from hosting.backups import archives
+from hosting.box import Box, resolve
+from hosting.context import TaskContext
+from hosting.errors import LocationConflictError
+from hosting.events import eventlog
+from hosting.operations import operation
 from models import App
 
 logger = logging.getLogger(__name__)
 
-Result = dict[str, Any]
+Result = steps.Result
 
 
 # ---------------------------------------------------------------------------- operations
@@ -54,7 +55,7 @@ Result = dict[str, Any]
 def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
     """Install a new app (or retry a failed install of this app id) and start it."""
     box = resolve(box)
-    with _refusal_gives_back(ctx, app_id, "install"):
+    with steps.refusal_gives_back(ctx, app_id, "install"):
         check_app_id(app_id)
         opts = parse(InstallOptions, "install", options)
         manifest = parse_manifest(opts.manifest)
@@ -70,16 +71,16 @@ def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
         )
 
         ctx.progress(5, "Reserving ports and recording the app")
-        with _busy_is_retryable("install"), ctx.fenced() as conn:
+        with steps.busy_is_retryable("install"), ctx.fenced() as conn:
             # The front door claimed the row and the ports with the task's row: here they are taken over.
             _claim_for_install(conn, app_id, opts, manifest, limits, env)
             ports.reserve(conn, app_id, bindings)
-            mail.set_up(conn, app_id=app_id, location=opts.location, manifest=manifest, settings=box.settings)
+            addons.set_up(conn, app_id=app_id, location=opts.location, manifest=manifest, settings=box.settings)
 
-    with _failures_leave_error(ctx, app_id, "install"):
-        container_id = _build(ctx, box, app_id, start=True, percent=10)
+    with steps.failures_leave_error(ctx, app_id, "install"):
+        container_id = steps.build(ctx, box, app_id, start=True, percent=10)
         with ctx.fenced() as conn:
-            _finish(
+            steps.finish(
                 ctx,
                 conn,
                 app_id,
@@ -92,18 +93,18 @@ def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
                 **limits.as_options(),
             )
     ctx.progress(100, f"Installed {manifest.id} {manifest.version} as {app_id}")
-    return _summary(ctx, app_id)
+    return steps.summary(ctx, app_id)
 
 
 @operation("configure")
 def configure(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
     """Change ports, resources or env; limits alone are applied in place, the rest rebuilds the container."""
     box = resolve(box)
-    with _refusal_gives_back(ctx, app_id, "configure"):
+    with steps.refusal_gives_back(ctx, app_id, "configure"):
         check_app_id(app_id)
         opts = parse(ConfigureOptions, "configure", options)
         with ctx.fenced() as conn:
-            app = _load(conn, app_id)
+            app = steps.load(conn, app_id)
         manifest = parse_manifest(app.manifest)
         bindings = ports.check_ports(manifest, opts.ports) if opts.ports is not None else None
         env = check_env(opts.env, manifest) if opts.env is not None else None
@@ -118,7 +119,7 @@ def configure(ctx: TaskContext, app_id: str, *, box: Box | None = None, **option
         )
 
         ctx.progress(5, "Recording the new configuration")
-        with _busy_is_retryable("configure"), ctx.fenced() as conn:
+        with steps.busy_is_retryable("configure"), ctx.fenced() as conn:
             appstate.begin(conn, app_id, "configure")
             values: dict[str, Any] = {
                 "cpu_shares": limits.cpu_shares,
@@ -131,7 +132,7 @@ def configure(ctx: TaskContext, app_id: str, *, box: Box | None = None, **option
             if bindings is not None:
                 ports.reserve(conn, app_id, bindings)
 
-    with _failures_leave_error(ctx, app_id, "configure"):
+    with steps.failures_leave_error(ctx, app_id, "configure"):
         running = app.run_state == RunState.RUNNING
         container_id = app.container_id
         live = bool(container_id) and box.docker.inspect(str(container_id)) is not None
@@ -139,11 +140,13 @@ def configure(ctx: TaskContext, app_id: str, *, box: Box | None = None, **option
             ctx.progress(50, "Applying the new CPU and memory limits")
             box.docker.update_limits(str(container_id), limits.docker_kwargs())
         else:
-            container_id = _build(ctx, box, app_id, start=running, percent=20)
+            container_id = steps.build(ctx, box, app_id, start=running, percent=20)
         with ctx.fenced() as conn:
-            _finish(ctx, conn, app_id, "configure", container_id=container_id, changed=sorted(opts.model_fields_set))
+            steps.finish(
+                ctx, conn, app_id, "configure", container_id=container_id, changed=sorted(opts.model_fields_set)
+            )
     ctx.progress(100, "Configured")
-    return _summary(ctx, app_id)
+    return steps.summary(ctx, app_id)
 
 
 @operation("start")
@@ -171,24 +174,24 @@ def repair(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: 
     parse(NoOptions, "repair", options)
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, "repair")
-        app = _load(conn, app_id)
-    with _failures_leave_error(ctx, app_id, "repair"):
+        app = steps.load(conn, app_id)
+    with steps.failures_leave_error(ctx, app_id, "repair"):
         with ctx.fenced() as conn:
-            mail.set_up(
+            addons.set_up(
                 conn, app_id=app_id, location=app.location, manifest=parse_manifest(app.manifest), settings=box.settings
             )
-        container_id = _build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=10)
+        container_id = steps.build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=10)
         with ctx.fenced() as conn:
-            _finish(ctx, conn, app_id, "repair", container_id=container_id)
+            steps.finish(ctx, conn, app_id, "repair", container_id=container_id)
     ctx.progress(100, "Repaired")
-    return _summary(ctx, app_id)
+    return steps.summary(ctx, app_id)
 
 
 @operation("uninstall")
 def uninstall(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
     """Remove the container, the data, the addon credentials, the ports and the app's record.
 
-    With `archive=True` the app is backed up first and an archive kept (`hosting.archives`), from
+    With `archive=True` the app is backed up first and an archive kept (`hosting.backups.archives`), from
     which it can be restored later; if that backup fails, nothing is removed.
     """
     box = resolve(box)
@@ -197,10 +200,8 @@ def uninstall(ctx: TaskContext, app_id: str, *, box: Box | None = None, **option
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, "uninstall")
     archived: dict[str, Any] = {}
-    with _failures_leave_error(ctx, app_id, "uninstall"):
+    with steps.failures_leave_error(ctx, app_id, "uninstall"):
         if opts.archive:
-            from hosting import archives
-
             ctx.progress(5, "Backing up the app for its archive")
             archived = archives.archive_app(ctx, box, app_id, icon=opts.icon, app_store_icon=opts.app_store_icon)
         ctx.progress(20, "Removing the container")
@@ -209,10 +210,10 @@ def uninstall(ctx: TaskContext, app_id: str, *, box: Box | None = None, **option
         datadir.remove(box.app_dir(app_id))
         ctx.progress(90, "Releasing ports and credentials")
         with ctx.fenced() as conn:
-            mail.tear_down(conn, app_id)
+            addons.tear_down(conn, app_id)
             ports.release(conn, app_id)
             conn.execute(delete(App).where(App.id == app_id))
-            events.record(conn, events.app_action("uninstall"), source=_source(ctx, app_id), data={"ok": True})
+            eventlog.record(conn, eventlog.app_action("uninstall"), source=steps.source(ctx, app_id), data={"ok": True})
     ctx.progress(100, "Uninstalled")
     return {"appId": app_id, "uninstalled": True, **archived}
 
@@ -225,9 +226,9 @@ def _run_container(ctx: TaskContext, app_id: str, op: str, box: Box, options: Ma
     parse(NoOptions, op, options)
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, op)
-        app = _load(conn, app_id)
+        app = steps.load(conn, app_id)
     timeout = box.settings.app_stop_timeout_seconds
-    with _failures_leave_error(ctx, app_id, op):
+    with steps.failures_leave_error(ctx, app_id, op):
         container_id = app.container_id
         live = bool(container_id) and box.docker.inspect(str(container_id)) is not None
         if op == "stop":
@@ -240,7 +241,7 @@ def _run_container(ctx: TaskContext, app_id: str, op: str, box: Box, options: Ma
         else:
             if not live:
                 ctx.progress(10, "The container is gone: rebuilding it")
-                container_id = _build(ctx, box, app_id, start=False, percent=20)
+                container_id = steps.build(ctx, box, app_id, start=False, percent=20)
             ctx.progress(70, f"{'Restarting' if op == 'restart' else 'Starting'} the container")
             if op == "restart" and live:
                 box.docker.restart(str(container_id), timeout=timeout)
@@ -248,42 +249,9 @@ def _run_container(ctx: TaskContext, app_id: str, op: str, box: Box, options: Ma
                 box.docker.start(str(container_id))
             run_state = RunState.RUNNING
         with ctx.fenced() as conn:
-            _finish(ctx, conn, app_id, op, container_id=container_id, run_state=run_state)
+            steps.finish(ctx, conn, app_id, op, container_id=container_id, run_state=run_state)
     ctx.progress(100, {"start": "Started", "stop": "Stopped", "restart": "Restarted"}[op])
-    return _summary(ctx, app_id)
-
-
-def _build(ctx: TaskContext, box: Box, app_id: str, *, start: bool, percent: int) -> str:
-    """Data dir, image, a fresh container from the app's record; started when asked. Returns its id."""
-    with ctx.fenced() as conn:
-        spec = _app_spec(conn, box, app_id)
-    ctx.progress(percent, "Preparing the app's data directory")
-    datadir.make(spec.data_dir.parent)
-    ctx.progress(percent + 10, f"Fetching image {spec.manifest.image}")
-    box.docker.ensure_image(spec.manifest.image)
-    ctx.progress(percent + 40, "Creating the container")
-    box.docker.remove_app_containers(app_id, stop_timeout=box.settings.app_stop_timeout_seconds)
-    container = box.docker.create(create_kwargs(spec, network=box.settings.app_network, task_id=ctx.task_id))
-    if start:
-        ctx.progress(percent + 60, "Starting the container")
-        box.docker.start(container.id)
-    return str(container.id)
-
-
-def _app_spec(conn: Connection, box: Box, app_id: str) -> AppSpec:
-    app = _load(conn, app_id)
-    manifest = parse_manifest(app.manifest)
-    addon_configs = mail.stored(conn, app_id)
-    return AppSpec(
-        app_id=app_id,
-        location=app.location,
-        manifest=manifest,
-        bindings=ports.bindings_of(conn, app_id, manifest),
-        limits=Limits(app.cpu_shares, app.cpu_quota, app.memory_limit),
-        env=dict(app.env or {}),
-        addon_env=mail.env_for(addon_configs),
-        data_dir=box.app_dir(app_id) / "data",
-    )
+    return steps.summary(ctx, app_id)
 
 
 def _claim_for_install(
@@ -322,118 +290,6 @@ def _claim_for_install(
                 f"location {opts.location!r} is already used by app {holder}; choose another location"
             ) from err
         raise appstate.refusal(conn, app_id, "install") from err
-
-
-def _finish(
-    ctx: TaskContext,
-    conn: Connection,
-    app_id: str,
-    op: str,
-    *,
-    container_id: str | None,
-    run_state: RunState | None = None,
-    **data: Any,
-) -> None:
-    conn.execute(update(App).where(App.id == app_id).values(container_id=container_id))
-    appstate.succeed(conn, app_id, op, run_state=run_state)
-    events.record(conn, events.app_action(op), source=_source(ctx, app_id), data={"ok": True, **data})
-
-
-#: Deadlock and lock-wait errors: MySQL/MariaDB error codes, PostgreSQL SQLSTATEs, SQLite's busy lock.
-#: (1305, "SAVEPOINT does not exist", is how a deadlock inside a savepoint surfaces: InnoDB rolled back.)
-_BUSY_MYSQL = {1205, 1213, 1305}
-_BUSY_SQLSTATE = {"40001", "40P01", "55P03"}
-
-
-@contextmanager
-def _busy_is_retryable(op: str) -> Iterator[None]:
-    """A write that lost a race in the database (nothing was committed) becomes a BusyError to retry."""
-    try:
-        yield
-    except OperationalError as err:
-        orig = err.orig
-        code = orig.args[0] if orig is not None and orig.args else None
-        busy = (
-            code in _BUSY_MYSQL
-            or getattr(orig, "sqlstate", None) in _BUSY_SQLSTATE
-            or "database is locked" in str(orig)
-        )
-        if not busy:
-            raise
-        raise BusyError(
-            f"cannot {op} now: the database was busy with a change at the same moment; issue {op} again"
-        ) from err
-
-
-@contextmanager
-def _refusal_gives_back(ctx: TaskContext, app_id: str, op: str) -> Iterator[None]:
-    """A task that refuses before it begins gives back what its front door claimed (`hosting.claims`).
-
-    Refused input or a conflict found by the task's own checks (the box changed since the front
-    door), an unusable backup, an unreachable Docker host: a new app's untouched row and ports,
-    or the ports a configure had reserved, are freed. A task that lost its locks writes nothing.
-    """
-    try:
-        yield
-    except LockLostError:
-        raise
-    except Exception:
-        try:
-            with ctx.fenced() as conn:
-                claims.give_back(conn, app_id, op)
-        except Exception:
-            logger.exception("app %s: could not give back the claim of a refused %s", app_id, op)
-        raise
-
-
-@contextmanager
-def _failures_leave_error(ctx: TaskContext, app_id: str, op: str) -> Iterator[None]:
-    """Any failure after the operation began leaves the app in `error`, with the reason, and re-raises."""
-    try:
-        yield
-    except LockLostError:
-        raise  # we hold nothing any more: we may write nothing
-    except Exception as err:
-        message = str(err) or err.__class__.__name__
-        logger.warning("app %s: %s failed: %s", app_id, op, message)
-        try:
-            with ctx.fenced() as conn:
-                appstate.fail(conn, app_id, op, message=message, task_id=ctx.task_id, kind=err.__class__.__name__)
-                events.record(
-                    conn,
-                    events.app_action(op),
-                    source=_source(ctx, app_id),
-                    data={"ok": False, "error": message, "errorKind": err.__class__.__name__},
-                )
-        except Exception:
-            logger.exception("app %s: could not record that %s failed", app_id, op)
-        raise
-
-
-def _load(conn: Connection, app_id: str) -> Any:
-    row = conn.execute(select(App.__table__).where(App.id == app_id)).first()
-    if row is None:
-        raise NotFoundError(f"no app {app_id!r}: install it first, or check the id")
-    return row
-
-
-def _source(ctx: TaskContext, app_id: str) -> dict[str, Any]:
-    return {"taskId": ctx.task_id, "appId": app_id}
-
-
-def _summary(ctx: TaskContext, app_id: str) -> Result:
-    with ctx.fenced() as conn:
-        app = _load(conn, app_id)
-        manifest = parse_manifest(app.manifest)
-        bound = ports.bindings_of(conn, app_id, manifest)
-    return {
-        "appId": app_id,
-        "installationState": app.installation_state,
-        "runState": app.run_state,
-        "containerId": app.container_id,
-        "ports": ports.as_ports(bound),
-        **Limits(app.cpu_shares, app.cpu_quota, app.memory_limit).as_options(),
-    }
 
 
 #: Operations by name, for callers that do not go through the registry.

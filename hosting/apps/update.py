@@ -19,18 +19,19 @@ from typing import Any
 
 from sqlalchemy import update
 
-from hosting import appstate, mail, notify, ports
-from hosting import docker_engine as de
-from hosting.apps import _app_spec, _failures_leave_error, _load, _summary
-from hosting.appstate import RunState
-from hosting.backups import create_app_backup
+from hosting.apps import addons, ports, steps
+from hosting.apps import docker_engine as de
+from hosting.apps import state as appstate
+from hosting.apps.container import create_kwargs
+from hosting.apps.manifest import parse_manifest
+from hosting.apps.options import UpdateOptions, check_app_id, parse
+from hosting.apps.state import RunState
+from hosting.backups.appbackup import create_app_backup
 from hosting.box import Box, resolve
-from hosting.container import create_kwargs
 from hosting.context import TaskContext
 from hosting.errors import ContainerError, OptionsError
-from hosting.manifest import parse_manifest
+from hosting.events import notify
 from hosting.operations import operation
-from hosting.options import UpdateOptions, check_app_id, parse
 from models import App
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def update_app(ctx: TaskContext, app_id: str, *, box: Box | None = None, **optio
     opts = parse(UpdateOptions, "update", options)
     new = parse_manifest(opts.manifest)
     with ctx.fenced() as conn:
-        app = _load(conn, app_id)
+        app = steps.load(conn, app_id)
         bound = ports.bindings_of(conn, app_id, parse_manifest(app.manifest))
     old = parse_manifest(app.manifest)
     if new.id != old.id:
@@ -60,14 +61,14 @@ def update_app(ctx: TaskContext, app_id: str, *, box: Box | None = None, **optio
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, "update")
     backup_id = None
-    with _failures_leave_error(ctx, app_id, "update"):
+    with steps.failures_leave_error(ctx, app_id, "update"):
         if not opts.force:
             backup_id = create_app_backup(ctx, box, app_id, percent=(5, 40)).id
         ctx.progress(45, f"Fetching image {new.image}")
         box.docker.ensure_image(new.image)
         with ctx.fenced() as conn:
             spec = dataclasses.replace(
-                _app_spec(conn, box, app_id), manifest=new, bindings=ports.bindings_of(conn, app_id, new)
+                steps.app_spec(conn, box, app_id), manifest=new, bindings=ports.bindings_of(conn, app_id, new)
             )
         ctx.progress(55, "Creating the new container")
         next_name = de.container_name(app_id) + NEXT_SUFFIX
@@ -84,12 +85,12 @@ def update_app(ctx: TaskContext, app_id: str, *, box: Box | None = None, **optio
                 .where(App.id == app_id)
                 .values(manifest=dict(opts.manifest), version=new.version, container_id=fresh)
             )
-            mail.set_up(conn, app_id=app_id, location=app.location, manifest=new, settings=box.settings)
+            addons.set_up(conn, app_id=app_id, location=app.location, manifest=new, settings=box.settings)
             appstate.succeed(conn, app_id, "update")
             outcome = notify.app_updated(conn, app_id=app_id, from_version=old.version, to_version=new.version)
         notify.deliver(box.settings, outcome)
     ctx.progress(100, f"Updated from {old.version} to {new.version}")
-    return {**_summary(ctx, app_id), "fromVersion": old.version, "toVersion": new.version, "backupId": backup_id}
+    return {**steps.summary(ctx, app_id), "fromVersion": old.version, "toVersion": new.version, "backupId": backup_id}
 
 
 def _switch(

@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from hosting.apps.resources import HostCapacity
 from hosting.errors import ContainerError, EngineError, EngineUnavailableError, ImageError
-from hosting.resources import HostCapacity
 
 if TYPE_CHECKING:
     import docker

@@ -22,24 +22,18 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from config.filemodes import private_dir
-from hosting import appstate, archive, backups, mail, ports
-from hosting.apps import (
-    _build,
-    _busy_is_retryable,
-    _failures_leave_error,
-    _finish,
-    _load,
-    _refusal_gives_back,
-    _summary,
-)
-from hosting.appstate import RunState
+from hosting.apps import addons, ports, steps
+from hosting.apps import state as appstate
+from hosting.apps.manifest import Manifest, parse_manifest
+from hosting.apps.options import CloneOptions, RestoreOptions, check_app_id, check_env, check_location, parse
+from hosting.apps.resources import check_limits
+from hosting.apps.state import RunState
+from hosting.backups import fileformat, store
+from hosting.backups.appconfig import AppConfig
 from hosting.box import Box, resolve
 from hosting.context import TaskContext
 from hosting.errors import BackupError, BackupNotFoundError, CorruptBackupError, LocationConflictError
-from hosting.manifest import Manifest, parse_manifest
 from hosting.operations import operation
-from hosting.options import CloneOptions, RestoreOptions, check_app_id, check_env, check_location, parse
-from hosting.resources import check_limits
 from models import App, Archive
 
 logger = logging.getLogger(__name__)
@@ -62,34 +56,34 @@ def restore(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
         return _create_from(ctx, box, app_id, "restore", bid, opts.archive_id, opts.location, opts.ports)
 
     with ctx.fenced() as conn:
-        row, _ = backups.usable(conn, box.settings, bid)
+        row, _ = store.usable(conn, box.settings, bid)
     if row.app_id != app_id:
         raise BackupNotFoundError(f"backup {bid} is of app {row.app_id}, not {app_id}: clone it to make a new app")
     ctx.progress(5, f"Verifying backup {bid}")
-    path = backups.verify(box.settings, row)  # CorruptBackupError here: the app was not touched
+    path = store.verify(box.settings, row)  # CorruptBackupError here: the app was not touched
+    config = AppConfig.from_json(row.app_config)  # likewise
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, "restore")
-        app = _load(conn, app_id)
-    with _failures_leave_error(ctx, app_id, "restore"):
+        app = steps.load(conn, app_id)
+    with steps.failures_leave_error(ctx, app_id, "restore"):
         ctx.progress(30, "Removing the container")
         box.docker.remove_app_containers(app_id, stop_timeout=box.settings.app_stop_timeout_seconds)
         ctx.progress(40, "Restoring the app's data")
         swap_data(box, app_id, path)
-        config = row.app_config or {}
         with ctx.fenced() as conn:
             _restore_config(conn, box, app_id, app.location, config)
-        container_id = _build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=50)
+        container_id = steps.build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=50)
         with ctx.fenced() as conn:
-            _finish(ctx, conn, app_id, "restore", container_id=container_id, backupId=bid)
+            steps.finish(ctx, conn, app_id, "restore", container_id=container_id, backupId=bid)
     ctx.progress(100, f"Restored from {bid}")
-    return {**_summary(ctx, app_id), "backupId": bid}
+    return {**steps.summary(ctx, app_id), "backupId": bid}
 
 
 @operation("clone")
 def clone(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
     """A new app `app_id` from a backup or an archive, at its own location with its own ports."""
     box = resolve(box)
-    with _refusal_gives_back(ctx, app_id, "clone"):
+    with steps.refusal_gives_back(ctx, app_id, "clone"):
         check_app_id(app_id)
         opts = parse(CloneOptions, "clone", options)
         bid = opts.backup_id
@@ -112,34 +106,35 @@ def _create_from(
     location: str | None,
     wanted_ports: dict[str, int] | None,
 ) -> Result:
-    with _refusal_gives_back(ctx, app_id, op):
+    with steps.refusal_gives_back(ctx, app_id, op):
         with ctx.fenced() as conn:
-            row, _ = backups.usable(conn, box.settings, bid)
-            config = dict(_archive(conn, archive_id).app_config or {}) if archive_id else {}
-        config = config or dict(row.app_config or {})
-        if not config.get("manifest"):
+            row, _ = store.usable(conn, box.settings, bid)
+            archived = _archive(conn, archive_id).app_config if archive_id else None
+        # An archive's own config first; an empty one (older archives) falls back to the backup's.
+        config = AppConfig.from_json(archived or row.app_config)
+        if not config.manifest:
             raise BackupError(f"backup {bid} holds no app config (made by an older version): it cannot make a new app")
-        manifest = parse_manifest(config["manifest"])
-        location = check_location(location if location is not None else str(config.get("location", "")))
+        manifest = parse_manifest(config.manifest)
+        location = check_location(location if location is not None else config.location)
         if wanted_ports is None:
-            wanted_ports = dict(config.get("ports") or {}) if op == "restore" else {}
+            wanted_ports = dict(config.ports) if op == "restore" else {}
         bindings = ports.check_ports(manifest, wanted_ports)
-        env = check_env(dict(config.get("env") or {}), manifest)
-        res = config.get("resources") or {}
+        env = check_env(dict(config.env or {}), manifest)
+        res = config.resources
         limits = check_limits(
             manifest,
             box.docker.capacity(),
-            cpu_shares=res.get("cpuShares"),
-            cpu_quota=res.get("cpuQuota"),
-            memory_limit=res.get("memoryLimit"),
+            cpu_shares=res.cpu_shares,
+            cpu_quota=res.cpu_quota,
+            memory_limit=res.memory_limit,
         )
         ctx.progress(5, f"Verifying backup {bid}")
-        path = backups.verify(box.settings, row)  # a corrupt backup: refused before anything exists
+        path = store.verify(box.settings, row)  # a corrupt backup: refused before anything exists
 
-        run_state = RunState.RUNNING if config.get("runState", "running") == "running" else RunState.STOPPED
+        run_state = RunState.RUNNING if config.run_state == "running" else RunState.STOPPED
         values: dict[str, Any] = {
-            "app_store_id": config.get("appStoreId") or manifest.id,
-            "manifest": dict(config["manifest"]),
+            "app_store_id": config.app_store_id or manifest.id,
+            "manifest": dict(config.manifest),
             "version": manifest.version,
             "location": location,
             "run_state": run_state.value,
@@ -147,23 +142,23 @@ def _create_from(
             "cpu_quota": limits.cpu_quota,
             "memory_limit": limits.memory_limit,
             "env": env,
-            "notes": str(config.get("notes", "")),
-            "operators": list(config.get("operators") or []),
-            "checklist": dict(config.get("checklist") or {}),
-            "enable_backup": bool(config.get("enableBackup", True)),
-            "enable_mailbox": bool(config.get("enableMailbox", False)),
+            "notes": config.notes,
+            "operators": list(config.operators),
+            "checklist": dict(config.checklist),
+            "enable_backup": config.enable_backup,
+            "enable_mailbox": config.enable_mailbox,
         }
         ctx.progress(10, "Recording the new app")
-        with _busy_is_retryable(op), ctx.fenced() as conn:
+        with steps.busy_is_retryable(op), ctx.fenced() as conn:
             _claim_new(conn, app_id, op, values)
             ports.reserve(conn, app_id, bindings)
-            mail.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
-    with _failures_leave_error(ctx, app_id, op):
+            addons.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
+    with steps.failures_leave_error(ctx, app_id, op):
         ctx.progress(20, "Restoring the data")
         swap_data(box, app_id, path)
-        container_id = _build(ctx, box, app_id, start=run_state == RunState.RUNNING, percent=40)
+        container_id = steps.build(ctx, box, app_id, start=run_state == RunState.RUNNING, percent=40)
         with ctx.fenced() as conn:
-            _finish(
+            steps.finish(
                 ctx,
                 conn,
                 app_id,
@@ -172,10 +167,10 @@ def _create_from(
                 run_state=run_state,
                 backupId=bid,
                 archiveId=archive_id,
-                fromApp=config.get("appId"),
+                fromApp=config.app_id,
             )
     ctx.progress(100, f"{'Cloned' if op == 'clone' else 'Restored'} {app_id} from {bid}")
-    return {**_summary(ctx, app_id), "backupId": bid, "fromApp": config.get("appId")}
+    return {**steps.summary(ctx, app_id), "backupId": bid, "fromApp": config.app_id}
 
 
 def _claim_new(conn: Connection, app_id: str, op: str, values: dict[str, Any]) -> None:
@@ -205,20 +200,17 @@ def _claim_new(conn: Connection, app_id: str, op: str, values: dict[str, Any]) -
         raise appstate.refusal(conn, app_id, op) from err
 
 
-def _restore_config(conn: Connection, box: Box, app_id: str, location: str, config: dict[str, Any]) -> None:
+def _restore_config(conn: Connection, box: Box, app_id: str, location: str, config: AppConfig) -> None:
     """The backup's manifest, resources and env (what its data goes with); notes, ports stay as they are."""
-    if not config.get("manifest"):
+    if not config.manifest:
         return
-    manifest: Manifest = parse_manifest(config["manifest"])
-    res = config.get("resources") or {}
-    values: dict[str, Any] = {"manifest": dict(config["manifest"]), "version": manifest.version}
-    for key, column in (("cpuShares", "cpu_shares"), ("cpuQuota", "cpu_quota"), ("memoryLimit", "memory_limit")):
-        if key in res:
-            values[column] = res[key]
-    if "env" in config:
-        values["env"] = dict(config["env"])
+    manifest: Manifest = parse_manifest(config.manifest)
+    values: dict[str, Any] = {"manifest": dict(config.manifest), "version": manifest.version}
+    values.update(config.resources.as_columns())
+    if config.env is not None:
+        values["env"] = dict(config.env)
     conn.execute(update(App).where(App.id == app_id).values(**values))
-    mail.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
+    addons.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
 
 
 def _archive(conn: Connection, archive_id: str | None) -> Any:
@@ -234,7 +226,7 @@ def _archive(conn: Connection, archive_id: str | None) -> Any:
 def swap_data(box: Box, app_id: str, source: Path) -> None:
     """Replace the app's data directory by the archive's, extracted beside it first (a rename swaps them).
 
-    `archive.extract` checks every member before it writes one, so a refused archive leaves the data as it was.
+    `fileformat.extract` checks every member before it writes one, so a refused archive leaves the data as it was.
     """
     app_dir = private_dir(box.app_dir(app_id))
     stage = box.apps_dir / f".restore-{app_id}-{os.getpid()}"
@@ -242,12 +234,12 @@ def swap_data(box: Box, app_id: str, source: Path) -> None:
     shutil.rmtree(stage, ignore_errors=True)
     shutil.rmtree(trash, ignore_errors=True)
     try:
-        archive.extract(source, stage)
-        restored = stage / backups.DATA
+        fileformat.extract(source, stage)
+        restored = stage / store.DATA
         if restored.is_symlink() or (restored.exists() and not restored.is_dir()):
-            raise CorruptBackupError(f"backup archive {source} is corrupt: its {backups.DATA!r} is not a directory")
+            raise CorruptBackupError(f"backup archive {source} is corrupt: its {store.DATA!r} is not a directory")
         restored.mkdir(exist_ok=True)
-        current = app_dir / backups.DATA
+        current = app_dir / store.DATA
         if current.exists():
             os.rename(current, trash)
         os.rename(restored, current)

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hosting import docker_engine as de
+from hosting.apps import docker_engine as de
+from hosting.apps.manifest import IMAGE_REF
 from hosting.box import Box
 from hosting.errors import EngineError, InfraError, InputError
-from hosting.manifest import IMAGE_REF
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select
 
 from config import Settings
-from hosting import archive, backups
+from hosting.backups import fileformat
+from hosting.backups.appbackup import create_app_backup
+from hosting.backups.store import file_of
 from hosting.box import Box
 from hosting.context import TaskContext
 from hosting.errors import BackupNotFoundError, OptionsError
@@ -32,7 +34,7 @@ def archive_app(
 ) -> dict[str, Any]:
     """Back the app up and keep an archive row for it; the caller holds `app:<id>` X."""
     icon_bytes, store_icon_bytes = _decode(icon, "icon"), _decode(app_store_icon, "appStoreIcon")
-    record = backups.create_app_backup(ctx, box, app_id, percent=(6, 15))
+    record = create_app_backup(ctx, box, app_id, percent=(6, 15))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     archive_id = f"archive_{app_id}_{stamp}"
     with ctx.fenced() as conn:
@@ -43,7 +45,7 @@ def archive_app(
                 app_id=app_id,
                 icon=icon_bytes,
                 app_store_icon=store_icon_bytes,
-                app_config=record.app_config or {},
+                app_config=record.app_config.to_json() if record.app_config else {},
             )
         )
     logger.info("app %s archived as %s (backup %s)", app_id, archive_id, record.id)
@@ -84,7 +86,7 @@ def delete_archive(engine: Engine, settings: Settings, archive_id: str) -> dict[
             path = conn.execute(select(Backup.path).where(Backup.id == bid)).scalar()
             conn.execute(delete(Backup).where(Backup.id == bid))
     if path is not None:
-        archive.remove(backups.file_of(settings, path))
+        fileformat.remove(file_of(settings, path))
     kept = bool(needed_by)
     logger.info(
         "archive %s deleted; backup %s %s", archive_id, bid, f"kept ({', '.join(needed_by)})" if kept else "deleted"

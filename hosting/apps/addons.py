@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select
 
 from config import Settings
-from hosting.manifest import Manifest
+from hosting.apps.manifest import Manifest
 from models import AppAddon
 
 logger = logging.getLogger(__name__)

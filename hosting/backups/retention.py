@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select, update
 
 from config import Settings
-from hosting import archive, events
+from hosting.backups import fileformat
+from hosting.backups.store import file_of
 from hosting.context import TaskContext
+from hosting.events import eventlog
 from models import Archive, Backup, db_utcnow
 
 logger = logging.getLogger(__name__)
@@ -117,14 +119,12 @@ def apply(ctx: TaskContext, settings: Settings, *, now: dt.datetime | None = Non
         return {}
     with ctx.fenced() as conn:
         paths = dict(conn.execute(select(Backup.id, Backup.path).where(Backup.id.in_(list(victims)))).all())
-    from hosting.backups import file_of
-
     for path in paths.values():
-        archive.remove(file_of(settings, path))
+        fileformat.remove(file_of(settings, path))
     with ctx.fenced() as conn:
         conn.execute(delete(Backup).where(Backup.id.in_(list(paths))))
-        events.record(
-            conn, events.Action.BACKUP_CLEANUP, source={"taskId": ctx.task_id}, data={"discarded": dict(victims)}
+        eventlog.record(
+            conn, eventlog.Action.BACKUP_CLEANUP, source={"taskId": ctx.task_id}, data={"discarded": dict(victims)}
         )
     logger.info("retention discarded %d backups", len(paths))
     return {bid: victims[bid] for bid in paths}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from hosting.apps.manifest import Manifest, Protocol
 from hosting.errors import PortConflictError, PortError
-from hosting.manifest import Manifest, Protocol
 from models import PortBinding, PortReservation
 
 logger = logging.getLogger(__name__)

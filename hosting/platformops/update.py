@@ -5,7 +5,7 @@ The task holds `task:update` X throughout. Its three steps (called by `tasks.kin
 1. `prepare`: fetch, checksum, signature, manifest, newer than what runs. No locks beyond the task's
    own; a bad release is refused here and nothing has changed.
 2. `back_up`: the full backup, taken *before* `platform` X, the way fullbackup takes it: `platform` S,
-   then each app's lock one at a time (`hosting.fullbackup.back_up_apps`), then the box backup; then
+   then each app's lock one at a time (`hosting.backups.fullbackup.back_up_apps`), then the box backup; then
    `platform` S is given back. App tasks keep running meanwhile (only the app being copied waits),
    which holding `platform` X for the whole backup would not allow. Nested requests never queue
    behind waiters, so this cannot deadlock with an app task or a platformstart queued meanwhile.
@@ -21,12 +21,14 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from hosting import infra, notify, platform_state, release
-from hosting.backups import apps_to_back_up, backup_app_for_full_backup
+from hosting.backups import boxbackup
+from hosting.backups.fullbackup import apps_to_back_up, back_up_apps, backup_app_for_full_backup
 from hosting.box import Box, resolve
 from hosting.context import TaskContext
 from hosting.errors import BackupError, ReleaseError
-from hosting.fullbackup import back_up_apps
+from hosting.events import notify
+from hosting.platformops import infra, release
+from hosting.platformops import state as platform_state
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,6 @@ def prepare(ctx: TaskContext, release_url: str | None, *, box: Box | None = None
 
 def back_up(ctx: TaskContext, prepared: Prepared, *, box: Box | None = None) -> dict[str, Any]:
     """The full backup before the update: `platform` S and app locks one at a time, like fullbackup."""
-    from hosting import boxbackup
 
     box = resolve(box)
     ctx.progress(12, "Waiting for the platform to be free for a backup")

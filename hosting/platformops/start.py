@@ -14,11 +14,14 @@ from typing import Any, cast
 
 from sqlalchemy import select, update
 
-from hosting import appstate, infra, platform_state
-from hosting.appstate import InstallState, RunState
+from hosting.apps import state as appstate
+from hosting.apps import steps
+from hosting.apps.state import InstallState, RunState
 from hosting.box import Box, resolve
 from hosting.context import TaskContext
 from hosting.errors import HostingError
+from hosting.platformops import infra
+from hosting.platformops import state as platform_state
 from lockman import LockLostError
 from models import App
 
@@ -60,18 +63,16 @@ def start(ctx: TaskContext, *, box: Box | None = None) -> dict[str, Any]:
 
 def _start_app(ctx: TaskContext, box: Box, app_id: str) -> str:
     """started | running | rebuilt, or `error: ...` (the app is then in `error`, retry with start)."""
-    from hosting import apps
-
     try:
         with ctx.fenced() as conn:
-            app = apps._load(conn, app_id)
+            app = steps.load(conn, app_id)
         info = box.docker.inspect(str(app.container_id)) if app.container_id else None
         if info is not None and info["State"].get("Running"):
             return "running"
         if info is not None:
             box.docker.start(str(app.container_id))
             return "started"
-        container_id = apps._build(_quiet(ctx), box, app_id, start=True, percent=0)
+        container_id = steps.build(_quiet(ctx), box, app_id, start=True, percent=0)
         with ctx.fenced() as conn:
             conn.execute(update(App).where(App.id == app_id).values(container_id=container_id))
         return "rebuilt"

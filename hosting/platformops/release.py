@@ -25,9 +25,10 @@ from typing import Any
 
 from config import Settings
 from config.filemodes import private_dir
-from hosting import archive, infra
+from hosting.apps.manifest import SEMVER
+from hosting.backups import fileformat
 from hosting.errors import CorruptBackupError, InputError, ReleaseError, ReleaseVerifyError
-from hosting.manifest import SEMVER
+from hosting.platformops import infra
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def verify_signature(path: Path, signature: bytes, public_key: str, url: str) ->
 
 def read_manifest(path: Path, url: str) -> dict[str, Any]:
     """The manifest, after reading every member through (a truncated or damaged tarball is refused, and so
-    is one with a member that would land outside wherever it is unpacked: `archive.check_members`)."""
+    is one with a member that would land outside wherever it is unpacked: `fileformat.check_members`)."""
     raw: bytes | None = None
     members: list[tarfile.TarInfo] = []
     try:
@@ -185,7 +186,7 @@ def read_manifest(path: Path, url: str) -> dict[str, Any]:
                     raw = fileobj.read()
                 while fileobj.read(_CHUNK):
                     pass
-        archive.check_members(members, f"release {url}")
+        fileformat.check_members(members, f"release {url}")
         if raw is None:
             raise ReleaseVerifyError(f"release {url} has no {MANIFEST}: it is not a platform release; refused")
         doc = json.loads(raw)

@@ -1,4 +1,4 @@
-"""The alert checks (`hosting.checks`): disk space of the data dir, and the backup configuration.
+"""The alert checks (`hosting.events.alerts`): disk space of the data dir, and the backup configuration.
 
 Each check looks at the box, then raises its alert (made once, its text updated when it changes)
 or clears it, in one transaction; the emails of a newly raised alert go out after the commit.
@@ -9,7 +9,6 @@ acknowledgement) at every check.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import logging
 import shutil
 from collections.abc import Callable
@@ -20,14 +19,12 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, func, select
 
 from config import Settings
-from hosting.notify import AlertKind, Outcome, clear_alert, deliver, raise_alert
+from hosting.events.notify import AlertKind, Outcome, clear_alert, deliver, raise_alert
 from models import App, Backup, db_utcnow
 
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
-#: What a full backup needs from hosting (its retention runs at the end of each full backup).
-BACKUP_MODULES = ("hosting.backups", "hosting.boxbackup", "hosting.retention")
 
 Usage = Callable[[Path], Any]
 
@@ -78,33 +75,22 @@ def _backup_problem(conn: Connection, settings: Settings) -> tuple[str, str] | N
             "BOXTASKS_BACKUP_AT is empty, so no nightly full backup runs. Set it (a UTC time like 02:00), "
             "or back up by hand with `boxtasks platform backup`.",
         )
-    if not backups_supported():
-        return (
-            "Backups cannot run on this server",
-            "The nightly full backup is scheduled, but this installation has no backup support "
-            "(hosting's backup modules are missing). Install a release that has it.",
-        )
     max_age = dt.timedelta(hours=settings.backup_max_age_hours)
-    now = _naive(conn.execute(select(db_utcnow())).scalar_one())
+    now = conn.execute(select(db_utcnow())).scalar_one()
     oldest_app = conn.execute(select(func.min(App.created_at))).scalar_one_or_none()
-    if oldest_app is None or _naive(oldest_app) + max_age > now:
+    if oldest_app is None or oldest_app + max_age > now:
         return None  # nothing has been there long enough to need a backup yet
     last = conn.execute(
         select(func.max(Backup.created_at)).where(Backup.type == "box", Backup.state == "normal")
     ).scalar_one_or_none()
-    if last is not None and _naive(last) + max_age > now:
+    if last is not None and last + max_age > now:
         return None
-    since = "never" if last is None else f"last on {_naive(last):%Y-%m-%d %H:%M} UTC"
+    since = "never" if last is None else f"last on {last:%Y-%m-%d %H:%M} UTC"
     return (
         "Full backups are overdue",
         f"No full backup succeeded in the last {settings.backup_max_age_hours:g} hours ({since}). "
         "Look at the failed fullbackup tasks (`boxtasks task list --type fullbackup`) and the backup target.",
     )
-
-
-def backups_supported() -> bool:
-    """Whether this installation can run a full backup at all (hosting's backup modules are there)."""
-    return all(importlib.util.find_spec(m) is not None for m in BACKUP_MODULES)
 
 
 CHECKS = (disk_space, backup_config)
@@ -126,11 +112,3 @@ def run_checks(engine: Engine, settings: Settings) -> list[CheckResult]:
             logger.info("alert %s %s %s", result.kind.value, result.state, result.message)
         results.append(result)
     return results
-
-
-def _naive(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value  # type: ignore[no-any-return]

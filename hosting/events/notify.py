@@ -38,8 +38,8 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from config import Settings
-from hosting import mailer
-from hosting.events import Action, record
+from hosting.events import mailer
+from hosting.events.eventlog import Action, record
 from models import App, Event, Notification, PlatformState, Task, TaskState
 
 logger = logging.getLogger(__name__)

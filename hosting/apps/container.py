@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hosting import docker_engine as de
-from hosting.manifest import Manifest
-from hosting.ports import Binding
-from hosting.resources import Limits
+from hosting.apps import docker_engine as de
+from hosting.apps.manifest import Manifest
+from hosting.apps.ports import Binding
+from hosting.apps.resources import Limits
 
 #: Where the localstorage addon puts the app's data directory inside the container.
 DATA_MOUNT = "/app/data"

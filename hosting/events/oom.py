@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from hosting import notify
+from hosting.apps.docker_engine import LABEL_APP_ID
 from hosting.box import Box
-from hosting.docker_engine import LABEL_APP_ID
-from hosting.events import Action, record
-from hosting.notify import Outcome
+from hosting.events import notify
+from hosting.events.eventlog import Action, record
+from hosting.events.notify import Outcome
 
 logger = logging.getLogger(__name__)
 

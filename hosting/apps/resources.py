@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hosting.apps.manifest import Manifest
 from hosting.errors import ResourceError
-from hosting.manifest import Manifest
 
 MIB = 1024 * 1024
 CPU_PERIOD_US = 100_000

@@ -20,11 +20,12 @@ from sqlalchemy import insert
 from sqlalchemy.engine import URL, make_url
 
 from config.filemodes import create_private_file, private_dir
-from hosting import archive
-from hosting.backups import BackupRecord, BackupState, backup_id, storage_path, write_or_fail
+from hosting.backups import fileformat
+from hosting.backups.store import BackupRecord, BackupState, backup_id, finish, storage_path, write_or_fail
 from hosting.box import Box
 from hosting.context import TaskContext
 from hosting.errors import DumpError
+from hosting.platformops import state as platform_state
 from models import Backup
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ _STDERR_LINES = 200
 
 def create_box_backup(ctx: TaskContext, box: Box, *, depends_on: list[str], version: str | None = None) -> BackupRecord:
     """Dump the database and archive it as a `box` backup (creating -> normal | error, like an app backup)."""
-    from hosting import platform_state
-
     url = make_url(box.settings.effective_database_url)
     with ctx.fenced() as conn:
         version = version or platform_state.current(conn, box.settings).version
@@ -51,7 +50,7 @@ def create_box_backup(ctx: TaskContext, box: Box, *, depends_on: list[str], vers
                 app_id=None,
                 version=version,
                 state=BackupState.CREATING,
-                format=archive.FORMAT,
+                format=fileformat.FORMAT,
                 depends_on=list(depends_on),
                 app_config=None,
                 task_id=ctx.task_id,
@@ -64,12 +63,10 @@ def create_box_backup(ctx: TaskContext, box: Box, *, depends_on: list[str], vers
         try:
             dump = dump_database(url, Path(tmp))
         except DumpError as err:
-            from hosting.backups import finish
-
             finish(ctx, box.settings, bid, error=str(err), source=source)
             raise
         info = {"version": version, "database": url.get_backend_name(), "dependsOn": list(depends_on)}
-        contents = archive.Contents(dirs={}, files={dump.name: dump}, documents={"box.json": info})
+        contents = fileformat.Contents(dirs={}, files={dump.name: dump}, documents={"box.json": info})
         written = write_or_fail(ctx, box.settings, bid, path, contents, source=source)
     return BackupRecord(bid, path, written.size, written.sha256, None, list(depends_on))
 

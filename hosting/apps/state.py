@@ -76,7 +76,9 @@ def rule(operation: str) -> Rule:
     try:
         return OPERATIONS[operation]
     except KeyError:
-        raise ValueError(f"no state rule for operation {operation!r}; add it to hosting.appstate.OPERATIONS") from None
+        raise ValueError(
+            f"no state rule for operation {operation!r}; add it to hosting.apps.state.OPERATIONS"
+        ) from None
 
 
 def may_start(operation: str) -> ColumnElement[bool]:

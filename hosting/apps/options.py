@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from hosting.apps.manifest import Manifest, describe_validation
 from hosting.errors import OptionsError
-from hosting.manifest import Manifest, describe_validation
 
 #: App ids as lock names and container names allow them.
 APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

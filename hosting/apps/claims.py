@@ -5,7 +5,7 @@ operation's pending state (its location is unique in `apps`) and its `port_reser
 per port). Of two requests for one location or port, the database lets one commit; the other's
 transaction fails on the constraint and is rolled back whole, task row included, so a refused
 request leaves nothing behind, on every backend. The task then finds its own app in its pending
-state and goes on (`hosting.apps.install`, `hosting.restore.clone` accept it).
+state and goes on (`hosting.apps.lifecycle.install`, `hosting.backups.restore.clone` accept it).
 
 A claim whose task never began (refused by the task's own checks, cancelled while queued, or
 never sent) is dropped by `release_unstarted`: the row goes only while it is still the untouched
@@ -21,7 +21,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from hosting import appstate, ports
+from hosting.apps import ports
+from hosting.apps import state as appstate
 from hosting.errors import LocationConflictError
 from models import App, Task
 

@@ -1,0 +1,10 @@
+"""Backups, archives, restore and retention.
+
+`store` is the piece the others share (rows, ids, paths, writing and reading an archive's row);
+`fileformat` the archive file on disk; `appconfig` an app's config as stored with its backup.
+Made by `appbackup` (one app), `boxbackup` (the platform's database) and `fullbackup` (all of it);
+kept or discarded by `retention`; `archives` are what is left of an uninstalled app; `restore`
+brings an app back from either (restore and clone).
+"""
+
+from __future__ import annotations
