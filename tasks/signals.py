@@ -18,6 +18,7 @@ from celery import signals
 from celery.worker import state as worker_state
 
 from models import FINAL_STATES, TaskState, dispose_after_fork, records
+from tasks import timelimits
 from tasks.locking import process_runtime
 from tasks.runner import _wake_ready, recover_dead
 
@@ -77,7 +78,8 @@ def _child_lost(
             row.pid,
         )
         return
-    recover_dead(rt, [task_id], reason=f"its worker process died ({exception})")
+    reason = timelimits.killed_for.pop(task_id, None) or f"its worker process died ({exception})"
+    recover_dead(rt, [task_id], reason=reason)
 
 
 @signals.task_revoked.connect

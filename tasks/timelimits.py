@@ -2,24 +2,34 @@
 
 Soft: the pool raises SoftTimeLimitExceeded in the task's process; `tasks.locking` turns it into
 TaskTimedOut, the body's cleanup runs and the task ends `failed`, "timed out after N s". Hard (soft +
-grace): the pool kills the process. Celery calls the hard-timeout handler *before* the kill, so the
-task is marked `interrupted` (and the admin told) and its locks freed only once its process is gone,
-never while it may still write (`tasks.signals.after_exit`). A limit counts one run of the task:
-time spent waiting for locks is not counted.
+grace): the node kills the process with SIGKILL, as the OOM killer would, and the pool's own lost-child
+path ends the task `interrupted` (the admin told), its locks freed once the process is gone
+(`tasks.signals._child_lost`). The pool is given no hard limit of its own: billiard marks the job done
+*before* it kills the process, and a node was seen to take no more work after that (one run in ~30; the
+lost-child path is the one the chaos test kills through hundreds of times). A limit counts one run of
+the task: time spent waiting for locks is not counted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 from celery.worker.request import Request
+from celery.worker.state import active_requests
 
 from config import get_settings
+from models import TaskState, records
 from tasks import flow
 
 logger = logging.getLogger(__name__)
+
+#: Task id -> why this node killed its process; `tasks.signals._child_lost` says it on the task.
+killed_for: dict[str, str] = {}
 
 
 def limits_for(kind: str, kwargs: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -36,23 +46,38 @@ class LimitedRequest(Request):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         # Limits sent with the message win; else the kind's (and the app operation's) from settings.
         sent: Any = getattr(self, "time_limits", None)
+        hard, soft = sent if any(sent or ()) else (None, None)
         if not any(sent or ()):
             limits = limits_for(getattr(self.task, "kind", ""), self.kwargs or {})
             if limits is not None:
                 soft, hard = limits
-                self.time_limits = (hard, soft)
+        # The pool keeps the soft limit; the hard one is this node's (`_kill_if_running`).
+        self.time_limits = (None, soft)
+        self.hard_limit: float | None = hard
 
     def on_accepted(self, pid: int, time_accepted: float) -> None:
         # Shrink the node's window before the acknowledgement frees a place in it (`tasks.flow`).
         flow.adjust(taking=self)
         super().on_accepted(pid, time_accepted)
+        if self.hard_limit:
+            timer = threading.Timer(self.hard_limit, self._kill_if_running, args=(pid,))
+            timer.daemon = True
+            timer.start()
 
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        super().on_timeout(soft, timeout)
-        if soft or not self.worker_pid:
+    def _kill_if_running(self, pid: int) -> None:
+        """SIGKILL the task's process if this run of the task is still in it (row: running here, in `pid`)."""
+        if self not in active_requests:
             return
-        from tasks.signals import after_exit
+        hostname = self.hostname or "worker"
+        from tasks.locking import process_runtime
 
-        # Interrupted, as any task whose process was killed: its locks go once it is gone, and the admin is told.
-        reason = f"timed out after {timeout:g}s: killed (hard time limit)"
-        after_exit(int(self.worker_pid), self.id, hostname=self.hostname or "worker", reason=reason)
+        row = records.get(process_runtime(hostname).engine, self.id)
+        if row is None or (row.state, row.worker, row.pid) != (TaskState.RUNNING.value, hostname, pid):
+            return
+        reason = f"timed out after {self.hard_limit:g}s: killed (hard time limit)"
+        logger.error("task %s[%s] %s: process %d", self.name, self.id, reason, pid)
+        killed_for[self.id] = reason
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            killed_for.pop(self.id, None)
