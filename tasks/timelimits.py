@@ -6,7 +6,7 @@ grace): the node kills the process with SIGKILL, as the OOM killer would, and th
 path ends the task `interrupted` (the admin told), its locks freed once the process is gone
 (`tasks.signals._child_lost`). The pool is given no hard limit of its own: billiard marks the job done
 *before* it kills the process, and a node was once seen to take no more work after that (in CI; the
-lost-child path is the one the chaos test kills through hundreds of times). A limit counts one run of
+lost-child path is the one the chaos and OOM tests kill through). A limit counts one run of
 the task: time spent waiting for locks is not counted.
 """
 
