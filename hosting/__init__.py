@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from hosting.apps.lifecycle import configure, install, repair, restart, start, stop, uninstall
 from hosting.apps.manifest import Manifest, parse_manifest
+from hosting.apps.oom import watch_oom
 from hosting.apps.ports import RESERVED_PORTS
 from hosting.apps.state import OPERATIONS as STATE_TABLE
 from hosting.apps.state import InstallState, RunState
@@ -65,7 +66,6 @@ from hosting.events.notify import (
     raise_alert,
     report,
 )
-from hosting.events.oom import watch_oom
 
 __all__ = [
     # errors

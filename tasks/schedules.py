@@ -1,6 +1,6 @@
 """What celery beat runs besides the lock sweep: nightly full backup, alert checks, history pruning, OOM watch.
 
-The OOM watch (`hosting.events.oom.watch_forever`) is a thread of the beat process, started when beat starts:
+The OOM watch (`hosting.apps.oom.watch_forever`) is a thread of the beat process, started when beat starts:
 a deployment runs one beat and has one Docker engine, so each OOM kill is recorded once, whatever
 the number of workers and hosts (a worker-side watcher would need a lease to elect one per engine).
 
@@ -17,10 +17,10 @@ from typing import Any
 from celery import signals
 
 from config import get_settings
+from hosting.apps.oom import watch_forever
 from hosting.box import default_box
 from hosting.events import history
 from hosting.events.alerts import run_checks
-from hosting.events.oom import watch_forever
 from models import get_engine
 from tasks import client
 from tasks.celery import app

@@ -3,6 +3,7 @@ and the bench scripts shadow no package of the repo (so they run without `sys.pa
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,52 @@ def test_no_code_edits_sys_path() -> None:
         and p != Path(__file__).resolve()
     ]
     assert edits == []
+
+
+def _hosting_imports() -> dict[str, set[str]]:
+    """Module -> the `hosting` modules it imports (a package's `__init__` re-exports are left out)."""
+    modules = {
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (REPO / "hosting").rglob("*.py")
+    }
+    packages = {m for m, p in modules.items() if p.name == "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        if name in packages:
+            continue
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hosting"):
+                deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        graph[name] = {d for d in deps if d in modules and d not in packages and d != name}
+    return graph
+
+
+def test_hosting_modules_import_in_no_circle() -> None:
+    graph = _hosting_imports()
+    assert graph.get("hosting.apps.lifecycle")
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, "import circle: " + " -> ".join((*path[path.index(module) :], module))
+        if module in done:
+            return
+        for dep in sorted(graph[module]):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
+
+
+def test_events_are_the_bottom_of_hosting() -> None:
+    """Every package of `hosting` reports through `hosting.events`; it imports none of them."""
+    graph = _hosting_imports()
+    upward = {
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        if m.startswith("hosting.events.")
+        for d in deps
+        if d.startswith(("hosting.apps", "hosting.backups", "hosting.platformops"))
+    }
+    assert upward == set(), sorted(upward)
