@@ -17,6 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from hosting import AddonNotProvidedError
 from hosting.apps import addons, databases, lifecycle
+from hosting.apps.update import update_app
 from hosting.backups import appbackup, restore
 from tests.appkit import Kit, kit, manifest, new_app_id
 from tests.services import MARIADB_ADMIN, POSTGRES_ADMIN, require
@@ -114,3 +115,20 @@ def test_install_of_an_app_needing_an_unprovided_addon_is_refused_before_anythin
         k_manifest = manifest(kit.dockerd.image, addons={"mysql": {}})
         kit.run(lifecycle.install, app_id, manifest=k_manifest, location=app_id)
     assert kit.leftovers(app_id) == dict.fromkeys(kit.leftovers(app_id), 0)
+
+
+def test_an_update_that_adds_a_database_addon_starts_with_it(dbkit: Kit) -> None:
+    k = dbkit
+    app_id = new_app_id()
+    k.run(lifecycle.install, app_id, manifest=manifest(k.dockerd.image, addons={"localstorage": {}}), location=app_id)
+    k.dockerd.client.images.get(k.dockerd.image).tag("boxtasks-test/busybox", "1.2.0")
+    newer = manifest("boxtasks-test/busybox:1.2.0", version="1.2.0", addons={"localstorage": {}, "postgresql": {}})
+    k.run(update_app, app_id, manifest=newer, force=True)
+    env = _container_env(k, str(k.app(app_id).container_id))
+    handed = databases.env_for(_stored(k, app_id))
+    assert set(handed) == {n for n in handed if n.startswith("CLOUDRON_POSTGRESQL_")} and len(handed) == 6
+    assert {n: env[n] for n in handed} == handed
+    with psycopg.connect(env["CLOUDRON_POSTGRESQL_URL"]) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (env["CLOUDRON_POSTGRESQL_DATABASE"],)
+    k.run(lifecycle.uninstall, app_id)
+    assert k.leftovers(app_id) == dict.fromkeys(k.leftovers(app_id), 0)
