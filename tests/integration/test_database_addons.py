@@ -345,3 +345,23 @@ def test_a_server_that_refuses_says_so_without_any_password(box: Box, tmp_path: 
         databases.provision(wrong, box.configs(app_id))
     assert "refused to make database" in str(refused.value)
     assert admin_pw not in str(refused.value) and app_pw not in str(refused.value)
+
+
+def test_a_dump_kept_in_a_directory_loads_into_another_apps_own_databases(box: Box, tmp_path: Path) -> None:
+    source, env_a = box.install("mysql", "postgresql")
+    _write_mysql(env_a, "dumped")
+    _write_pg(env_a, "dumped")
+    kept = tmp_path / "backup"
+    kept.mkdir()
+    assert databases.dump(box.settings, box.configs(source), kept) == ["mysql", "postgresql"]
+    for name in ("mysqldump", "postgresqldump"):
+        assert (kept / name).stat().st_mode & 0o777 == 0o600
+        assert env_a["CLOUDRON_MYSQL_PASSWORD"].encode() not in (kept / name).read_bytes()
+    target, env_t = box.install("mysql", "postgresql")
+    for _ in range(2):  # loading again (a retried restore) replaces, it does not fail or double
+        assert databases.load(box.settings, box.configs(target), kept) == ["mysql", "postgresql"]
+    assert _read_mysql(env_t) == ["dumped"] and _read_pg(env_t) == ["dumped"]
+    definer = _admin_mysql(
+        "SELECT definer FROM information_schema.views WHERE table_schema = :db", db=env_t["CLOUDRON_MYSQL_DATABASE"]
+    )
+    assert definer == [(f"{env_t['CLOUDRON_MYSQL_USERNAME']}@%",)]

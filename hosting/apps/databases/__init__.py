@@ -13,6 +13,10 @@ The lifecycle, in the order operations call it:
 - `copy_data` (clone): the source app's database into the new app's own.
 - `tear_down` (uninstall, before the credential rows go): drop the database and the user.
 
+Backups: `dump` and `load` write and read each database as SQL in a directory, but app backups do
+not call them yet (they hold the data directory only), so an archive made at uninstall does not hold
+the databases, and clone copies the source app's databases as they are now, not as of the backup.
+
 `redis` is a known addon name the platform does not provide yet: an app asking for it is refused
 rather than started without it (a shared server with a key-prefix ACL would not isolate apps, since
 apps do not prefix their keys).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -58,7 +63,9 @@ __all__ = [
     "Credentials",
     "check_provided",
     "copy_data",
+    "dump",
     "env_for",
+    "load",
     "provided",
     "provision",
     "set_up",
@@ -156,6 +163,33 @@ def copy_data(
             server.copy(Credentials.from_config(source[addon]), Credentials.from_config(target[addon]))
             copied.append(addon)
     return copied
+
+
+#: The file each addon's dump is kept in, inside a backup's directory.
+DUMP_FILES = {MYSQL: "mysqldump", POSTGRESQL: "postgresqldump"}
+
+
+def dump(settings: Settings, configs: Mapping[str, Mapping[str, Any]], directory: Path) -> list[str]:
+    """Dump each of the app's databases into `directory` (`DUMP_FILES`, 0600), for a backup; the addons dumped.
+
+    Not called by backups yet: an app backup holds its data directory only (see the module's notes).
+    """
+    dumped = []
+    for addon, file_name in DUMP_FILES.items():
+        if addon in configs:
+            _server(addon, settings, "dump").dump(Credentials.from_config(configs[addon]), directory / file_name)
+            dumped.append(addon)
+    return dumped
+
+
+def load(settings: Settings, configs: Mapping[str, Mapping[str, Any]], directory: Path) -> list[str]:
+    """Load the dumps `dump` left in `directory` into the app's own databases (restore, or clone from a backup)."""
+    loaded = []
+    for addon, file_name in DUMP_FILES.items():
+        if addon in configs and (directory / file_name).is_file():
+            _server(addon, settings, "load").load(Credentials.from_config(configs[addon]), directory / file_name)
+            loaded.append(addon)
+    return loaded
 
 
 def tear_down(settings: Settings, configs: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import secrets
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import IO, Any, BinaryIO
 
 from hosting.errors import AddonError
 from models.secrets import scrub
@@ -77,8 +80,8 @@ def new_password() -> str:
 
 
 def pipe(
-    dump: list[str],
-    load: list[str],
+    dump: list[str] | Path,
+    load: list[str] | Path,
     *,
     dump_env: Mapping[str, str] | None = None,
     load_env: Mapping[str, str] | None = None,
@@ -88,33 +91,57 @@ def pipe(
 ) -> None:
     """Run `dump | load`, each line through `rewrite`; a failure of either is an AddonError with its stderr.
 
+    Either end may be a file instead of a command (a dump kept in a backup, made private: 0600).
     Passwords go in the environment or a private file, never on a command line; `hide` are scrubbed
     out of the stderr quoted in the error all the same.
     """
-    with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as load_err:
+    with ExitStack() as stack:
+        running: list[tuple[subprocess.Popen[bytes], str, BinaryIO]] = []
+        source: IO[bytes]
+        sink: IO[bytes]
+        if isinstance(dump, Path):
+            source = stack.enter_context(dump.open("rb"))
+        else:
+            producer = _start(stack, dump, dump_env, what, stdout=subprocess.PIPE)
+            running.append(producer)
+            assert producer[0].stdout is not None
+            source = producer[0].stdout
         try:
-            producer = subprocess.Popen(dump, stdout=subprocess.PIPE, stderr=dump_err, env=dict(dump_env or {}))
-        except OSError as err:
-            raise AddonError(f"cannot {what}: {dump[0]} cannot run ({err.strerror}); install it") from err
+            if isinstance(load, Path):
+                sink = stack.enter_context(os.fdopen(os.open(load, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"))
+            else:
+                consumer = _start(stack, load, load_env, what, stdin=subprocess.PIPE)
+                running.append(consumer)
+                assert consumer[0].stdin is not None
+                sink = consumer[0].stdin
+        except BaseException:
+            for proc, _, _ in running:
+                proc.kill()
+                proc.wait()
+            raise
         try:
-            consumer = subprocess.Popen(load, stdin=subprocess.PIPE, stderr=load_err, env=dict(load_env or {}))
-        except OSError as err:
-            producer.kill()
-            producer.wait()
-            raise AddonError(f"cannot {what}: {load[0]} cannot run ({err.strerror}); install it") from err
-        assert producer.stdout is not None and consumer.stdin is not None
-        try:
-            for line in producer.stdout:
-                consumer.stdin.write(rewrite(line) if rewrite else line)
+            for line in source:
+                sink.write(rewrite(line) if rewrite else line)
         except BrokenPipeError:
             pass  # the loader gave up: its stderr says why
         finally:
-            consumer.stdin.close()
-            producer.stdout.close()
-        dumped, loaded = producer.wait(), consumer.wait()
-        for code, tool, err_file in ((dumped, dump[0], dump_err), (loaded, load[0], load_err)):
+            sink.close()
+            source.close()
+        codes = [(proc.wait(), tool, err) for proc, tool, err in running]
+        for code, tool, err_file in codes:
             if code != 0:
                 raise AddonError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
+
+
+def _start(
+    stack: ExitStack, cmd: list[str], env: Mapping[str, str] | None, what: str, **pipes: Any
+) -> tuple[subprocess.Popen[bytes], str, BinaryIO]:
+    err_file = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (closed by the stack)
+    try:
+        proc = subprocess.Popen(cmd, stderr=err_file, env=dict(env or {}), **pipes)
+    except OSError as err:
+        raise AddonError(f"cannot {what}: {cmd[0]} cannot run ({err.strerror}); install it") from err
+    return proc, cmd[0], err_file
 
 
 def _first_lines(err_file: BinaryIO, hide: tuple[str, ...]) -> str:

@@ -8,6 +8,7 @@ Clone copies with `mysqldump --single-transaction | mysql` (Oracle's and MariaDB
 consistent snapshot of a running source without locking it, and it carries views, triggers,
 routines and events, which a table-by-table `INSERT … SELECT` would not. DEFINER clauses naming the
 source's user are rewritten to the new app's user, so the clone's routines do not run as app A.
+`dump` and `load` are the same two halves with a file between them, for backups to keep.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import URL, make_url
@@ -29,6 +31,9 @@ from hosting.errors import AddonError
 from models.secrets import describe_db_error
 
 logger = logging.getLogger(__name__)
+
+#: A DEFINER clause naming an app's user (any app's: a clone's dump names its source's).
+_DEFINER = re.compile(rb"DEFINER=`app_[a-z0-9_]{1,26}`@")
 
 
 class MySQLServer:
@@ -78,21 +83,39 @@ class MySQLServer:
 
     def copy(self, source: Credentials, target: Credentials) -> None:
         """Copy the source app's database into the target's (already provisioned), as a consistent snapshot."""
-        src, dst = check_name(source.database), check_name(target.database)
-        definer = re.compile(rb"DEFINER=`" + re.escape(check_name(source.username).encode()) + rb"`@")
-        new_definer = b"DEFINER=`" + check_name(target.username).encode() + b"`@"
+        self._pipe(source, target, f"copy MySQL database {source.database} into {target.database}")
+        logger.info("mysql addon: copied database %s into %s", source.database, target.database)
+
+    def dump(self, creds: Credentials, path: Path) -> None:
+        """The app's database as SQL in `path` (0600), a consistent snapshot: for a backup to keep."""
+        self._pipe(creds, path, f"dump MySQL database {creds.database}")
+
+    def load(self, creds: Credentials, path: Path) -> None:
+        """A dump (`dump`, of this app or another) into the app's own database, its definers made the app's user."""
+        self._pipe(path, creds, f"load a MySQL dump into {creds.database}")
+
+    def _pipe(self, source: Credentials | Path, target: Credentials | Path, what: str) -> None:
         with self._defaults_file() as defaults:
             base = [f"--defaults-extra-file={defaults}"]
+            dump: list[str] | Path = source if isinstance(source, Path) else []
+            if isinstance(source, Credentials):
+                opts = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob"]
+                dump = ["mysqldump", *base, *opts, check_name(source.database)]
+            load: list[str] | Path = target if isinstance(target, Path) else []
+            rewrite = None
+            if isinstance(target, Credentials):
+                load = ["mysql", *base, check_name(target.database)]
+                new_definer = b"DEFINER=`" + check_name(target.username).encode() + b"`@"
+                rewrite = lambda line: _DEFINER.sub(new_definer, line)  # noqa: E731
             pipe(
-                ["mysqldump", *base, "--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", src],
-                ["mysql", *base, dst],
+                dump,
+                load,
                 dump_env=_tool_env(),
                 load_env=_tool_env(),
-                rewrite=lambda line: definer.sub(new_definer, line),
+                rewrite=rewrite,
                 hide=(self.url.password or "",),
-                what=f"copy MySQL database {src} into {dst}",
+                what=what,
             )
-        logger.info("mysql addon: copied database %s into %s", src, dst)
 
     @contextmanager
     def _defaults_file(self) -> Iterator[str]:

@@ -11,6 +11,7 @@ app network lets any app in as any role. The setting's description says so.
 Clone copies with `pg_dump --no-owner --no-acl | psql` run as the *new* role, so every copied object
 is the new app's own. Not `CREATE DATABASE … TEMPLATE`: that needs the source database to have no
 other session, which a running source app always has, and clone must not stop it.
+`dump` and `load` are the same two halves with a file between them, for backups to keep.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL, make_url
@@ -102,22 +104,35 @@ class PostgreSQLServer:
 
     def copy(self, source: Credentials, target: Credentials) -> None:
         """Copy the source app's database into the target's (already provisioned), owned by the target's role."""
-        src, dst = check_name(source.database), check_name(target.database)
+        self._pipe(source, target, f"copy PostgreSQL database {source.database} into {target.database}")
+        logger.info("postgresql addon: copied database %s into %s", source.database, target.database)
+
+    def dump(self, creds: Credentials, path: Path) -> None:
+        """The app's database as SQL in `path` (0600), without owners or grants: for a backup to keep."""
+        self._pipe(creds, path, f"dump PostgreSQL database {creds.database}")
+
+    def load(self, creds: Credentials, path: Path) -> None:
+        """A dump (`dump`, of this app or another) into the app's own database, run as the app's role."""
+        self._pipe(path, creds, f"load a PostgreSQL dump into {creds.database}")
+
+    def _pipe(self, source: Credentials | Path, target: Credentials | Path, what: str) -> None:
         common = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGHOST": self.host, "PGPORT": str(self.port)}
-        admin_env = {**common, "PGUSER": self.url.username or "postgres", "PGDATABASE": src}
-        if self.url.password:
-            admin_env["PGPASSWORD"] = str(self.url.password)
-        target_env = {**common, "PGUSER": check_name(target.username), "PGDATABASE": dst}
-        target_env["PGPASSWORD"] = target.password
-        pipe(
-            ["pg_dump", "--no-owner", "--no-acl", "--clean", "--if-exists", "--format=plain"],
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-o", os.devnull],
-            dump_env=admin_env,
-            load_env=target_env,
-            hide=(str(self.url.password or ""), target.password),
-            what=f"copy PostgreSQL database {src} into {dst}",
-        )
-        logger.info("postgresql addon: copied database %s into %s", src, dst)
+        hide = [str(self.url.password or "")]
+        dump: list[str] | Path = source if isinstance(source, Path) else []
+        dump_env: dict[str, str] = {}
+        if isinstance(source, Credentials):
+            dump = ["pg_dump", "--no-owner", "--no-acl", "--clean", "--if-exists", "--format=plain"]
+            dump_env = {**common, "PGUSER": self.url.username or "postgres", "PGDATABASE": check_name(source.database)}
+            if self.url.password:
+                dump_env["PGPASSWORD"] = str(self.url.password)
+        load: list[str] | Path = target if isinstance(target, Path) else []
+        load_env: dict[str, str] = {}
+        if isinstance(target, Credentials):
+            load = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-o", os.devnull]
+            load_env = {**common, "PGUSER": check_name(target.username), "PGDATABASE": check_name(target.database)}
+            load_env["PGPASSWORD"] = target.password
+            hide.append(target.password)
+        pipe(dump, load, dump_env=dump_env, load_env=load_env, hide=tuple(hide), what=what)
 
 
 def _psycopg() -> Any:
