@@ -7,6 +7,7 @@ ids unique to the test, and a fixture drops whatever a test made, so runs on one
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -365,3 +366,19 @@ def test_a_dump_kept_in_a_directory_loads_into_another_apps_own_databases(box: B
         "SELECT definer FROM information_schema.views WHERE table_schema = :db", db=env_t["CLOUDRON_MYSQL_DATABASE"]
     )
     assert definer == [(f"{env_t['CLOUDRON_MYSQL_USERNAME']}@%",)]
+
+
+def test_a_server_that_does_not_ask_postgresql_roles_for_their_password_is_named_in_a_warning(
+    box: Box, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hosting.apps.databases.postgresql")
+    _, env = box.install("postgresql")
+    wrong = env["CLOUDRON_POSTGRESQL_URL"].replace(env["CLOUDRON_POSTGRESQL_PASSWORD"], "not-the-password")
+    try:
+        psycopg.connect(wrong, connect_timeout=10).close()
+        trusted = True
+    except psycopg.OperationalError:
+        trusted = False
+    warned = [r for r in caplog.records if "without its password" in r.getMessage()]
+    assert bool(warned) == trusted  # this machine's pg_hba trusts 127.0.0.1: warned here, silent on a strict one
+    assert all(env["CLOUDRON_POSTGRESQL_PASSWORD"] not in r.getMessage() for r in caplog.records)

@@ -6,7 +6,8 @@ The role is NOSUPERUSER NOCREATEDB NOCREATEROLE. Statements are composed with ps
 module (`Identifier`, `Literal`): CREATE ROLE takes no bound parameters.
 
 Isolation by password needs the server to ask for one: a `trust` line in pg_hba.conf that matches the
-app network lets any app in as any role. The setting's description says so.
+app network lets any app in as any role. The setting's description says so, and `provision` logs a
+warning when the server lets an app's role in with a wrong password.
 
 Clone copies with `pg_dump --no-owner --no-acl | psql` run as the *new* role, so every copied object
 is the new app's own. Not `CREATE DATABASE … TEMPLATE`: that needs the source database to have no
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL, make_url
 
-from hosting.apps.databases.common import Credentials, check_name, pipe
+from hosting.apps.databases.common import Credentials, check_name, new_password, pipe
 from hosting.errors import AddonError
 from models.secrets import describe_db_error
 
@@ -92,6 +93,30 @@ class PostgreSQLServer:
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
             conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(name), sql.Identifier(role)))
         logger.info("postgresql addon: database %s and role %s ready", name, role)
+        if self.trusts(role, name):
+            logger.warning(
+                "postgresql addon: %s:%s let role %s in without its password (a pg_hba `trust` line): any app that "
+                "reaches it may log in as any other app's role; ask for scram-sha-256 on the app network",
+                self.host,
+                self.port,
+                role,
+            )
+
+    def trusts(self, role: str, database: str) -> bool:
+        """Whether the server lets `role` in with a wrong password (as seen from here, on the admin URL's address)."""
+        psycopg = _psycopg()
+        try:
+            with psycopg.connect(
+                host=self.host,
+                port=self.port,
+                user=check_name(role),
+                password=new_password(),  # random: never the role's
+                dbname=check_name(database),
+                connect_timeout=10,
+            ):
+                return True
+        except psycopg.OperationalError:
+            return False
 
     def drop(self, creds: Credentials) -> None:
         """Drop the database (closing its sessions) and the role; what is already gone is fine."""
