@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
@@ -22,6 +22,10 @@ _SUPPORTED_DB_SCHEMES = ("sqlite", "mysql+pymysql", "mariadb+pymysql", "postgres
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin", "changethis"}
 _HH_MM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _SUPPORTED_BROKER_SCHEMES = ("filesystem", "amqp", "pyamqp", "redis", "rediss", "memory")
+_ADDON_SCHEMES = {
+    "mysql_addon_url": ("mysql+pymysql", "mariadb+pymysql"),
+    "postgresql_addon_url": ("postgresql+psycopg", "postgresql"),
+}
 _LIMIT_KEY = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
 
 #: Soft time limits in seconds, by task kind or `kind.operation` (the more precise wins). Past its
@@ -187,6 +191,36 @@ class Settings(BaseSettings):
     addon_imap_port: int = Field(default=9993, ge=1, le=65535, description="IMAP port apps read mail from")
     receives_mail: bool = Field(default=False, description="whether this server receives mail (recvmail addon)")
 
+    # Database addons of apps (`hosting.apps.databases`): the servers the platform provisions each app's own
+    # database and user on. An empty admin URL: the addon is not provided, and apps asking for it are refused.
+    mysql_addon_url: str = Field(
+        default="",
+        description=(
+            "admin URL of the MySQL/MariaDB server for the `mysql` addon, `mysql+pymysql://root:pw@host:3306`; "
+            "needs CREATE USER and GRANT OPTION; empty: the addon is not provided"
+        ),
+    )
+    mysql_addon_host: str = Field(
+        default="", description="MySQL host as app containers reach it; empty: the admin URL's host"
+    )
+    mysql_addon_port: int = Field(
+        default=0, ge=0, le=65535, description="MySQL port as app containers reach it; 0: the admin URL's port"
+    )
+    postgresql_addon_url: str = Field(
+        default="",
+        description=(
+            "admin URL of the PostgreSQL server for the `postgresql` addon, "
+            "`postgresql+psycopg://postgres:pw@host:5432/postgres`; needs CREATEROLE and CREATEDB; the server "
+            "must ask app networks for passwords (scram-sha-256, not trust); empty: the addon is not provided"
+        ),
+    )
+    postgresql_addon_host: str = Field(
+        default="", description="PostgreSQL host as app containers reach it; empty: the admin URL's host"
+    )
+    postgresql_addon_port: int = Field(
+        default=0, ge=0, le=65535, description="PostgreSQL port as app containers reach it; 0: the admin URL's port"
+    )
+
     # Backups: where archives are written, how long they are kept, when a `creating` one is abandoned.
     backup_dir: Path | None = Field(
         default=None, description="backup target directory; empty: `backups` under data_dir"
@@ -229,6 +263,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"scheme must be one of {', '.join(_SUPPORTED_DB_SCHEMES)} (got {value.split(':', 1)[0]!r})"
             )
+        return value
+
+    @field_validator("mysql_addon_url", "postgresql_addon_url")
+    @classmethod
+    def _addon_admin_url(cls, value: str, info: ValidationInfo) -> str:
+        schemes = _ADDON_SCHEMES[str(info.field_name)]
+        if value and value.split("://", 1)[0] not in schemes:
+            raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
         return value
 
     @field_validator("broker_url")

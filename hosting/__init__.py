@@ -24,6 +24,8 @@ from hosting.apps.state import InstallState, RunState
 from hosting.box import Box, default_box
 from hosting.context import LocalContext, TaskContext
 from hosting.errors import (
+    AddonError,
+    AddonNotProvidedError,
     BackupError,
     BackupNotFoundError,
     BusyError,
@@ -69,6 +71,8 @@ from hosting.events.notify import (
 
 __all__ = [
     # errors
+    "AddonError",
+    "AddonNotProvidedError",
     "BackupError",
     "BackupNotFoundError",
     "BusyError",

@@ -7,6 +7,8 @@
 - `EngineError`: Docker failed (unreachable, image missing, container refused); the app is left in
   state `error` with the reason, and the same operation can be issued again.
 - `StorageError`: the app's data directory could not be made or removed (same: `error`, retry).
+- `AddonNotProvidedError` (an `InputError`): the app asks for an addon whose server is not configured.
+- `AddonError`: a database addon server failed (unreachable, refused); the app is left in `error`, retry.
 - `NotifyError`: admin email could not be sent.
 - `BackupError`: a backup could not be made, read or restored (`CorruptBackupError`: its archive
   fails its checksum or holds a member that would land outside its target; nothing was restored).
@@ -101,6 +103,18 @@ class ImageError(EngineError):
 
 class ContainerError(EngineError):
     """Docker refused to create, start, stop or remove an app's container."""
+
+
+# ---------------------------------------------------------------------------- addons
+
+
+class AddonNotProvidedError(InputError):
+    """The app asks for an addon this server does not provide (its admin URL is not configured)."""
+
+
+class AddonError(HostingError):
+    """A database addon server refused to make, copy or drop an app's database or user (the app is left in
+    `error`; the same operation can be issued again once the server answers)."""
 
 
 # ---------------------------------------------------------------------------- notifications

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hosting import datadir
-from hosting.apps import addons, ports, steps
+from hosting.apps import addons, databases, ports, steps
 from hosting.apps import state as appstate
 from hosting.apps.manifest import Manifest, parse_manifest
 from hosting.apps.options import (
@@ -59,6 +59,7 @@ def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
         check_app_id(app_id)
         opts = parse(InstallOptions, "install", options)
         manifest = parse_manifest(opts.manifest)
+        databases.check_provided(manifest, box.settings)
         check_location(opts.location)
         bindings = ports.check_ports(manifest, opts.ports)
         env = check_env(opts.env, manifest)
@@ -76,8 +77,10 @@ def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
             _claim_for_install(conn, app_id, opts, manifest, limits, env)
             ports.reserve(conn, app_id, bindings)
             addons.set_up(conn, app_id=app_id, location=opts.location, manifest=manifest, settings=box.settings)
+            databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
 
     with steps.failures_leave_error(ctx, app_id, "install"):
+        steps.provision_databases(ctx, box, app_id, percent=8)
         container_id = steps.build(ctx, box, app_id, start=True, percent=10)
         with ctx.fenced() as conn:
             steps.finish(
@@ -176,10 +179,11 @@ def repair(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: 
         appstate.begin(conn, app_id, "repair")
         app = steps.load(conn, app_id)
     with steps.failures_leave_error(ctx, app_id, "repair"):
+        manifest = parse_manifest(app.manifest)
         with ctx.fenced() as conn:
-            addons.set_up(
-                conn, app_id=app_id, location=app.location, manifest=parse_manifest(app.manifest), settings=box.settings
-            )
+            addons.set_up(conn, app_id=app_id, location=app.location, manifest=manifest, settings=box.settings)
+            databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
+        steps.provision_databases(ctx, box, app_id, percent=5)
         container_id = steps.build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=10)
         with ctx.fenced() as conn:
             steps.finish(ctx, conn, app_id, "repair", container_id=container_id)
@@ -189,7 +193,7 @@ def repair(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: 
 
 @operation("uninstall")
 def uninstall(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options: Any) -> Result:
-    """Remove the container, the data, the addon credentials, the ports and the app's record.
+    """Remove the container, the databases, the data, the addon credentials, the ports and the app's record.
 
     With `archive=True` the app is backed up first and an archive kept (`hosting.backups.archives`), from
     which it can be restored later; if that backup fails, nothing is removed.
@@ -206,6 +210,10 @@ def uninstall(ctx: TaskContext, app_id: str, *, box: Box | None = None, **option
             archived = archives.archive_app(ctx, box, app_id, icon=opts.icon, app_store_icon=opts.app_store_icon)
         ctx.progress(20, "Removing the container")
         box.docker.remove_app_containers(app_id, stop_timeout=box.settings.app_stop_timeout_seconds)
+        ctx.progress(50, "Dropping the app's databases")
+        with ctx.fenced() as conn:
+            configs = addons.stored(conn, app_id)
+        databases.tear_down(box.settings, configs)
         ctx.progress(60, "Deleting the app's data")
         datadir.remove(box.app_dir(app_id))
         ctx.progress(90, "Releasing ports and credentials")

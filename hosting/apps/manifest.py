@@ -31,7 +31,7 @@ MAX_PORT_COUNT = 1000
 MAX_DEPTH = 16
 
 Protocol = Literal["tcp", "udp"]
-ADDONS = ("localstorage", "recvmail", "sendmail")
+ADDONS = ("localstorage", "mysql", "postgresql", "recvmail", "redis", "sendmail")
 
 
 class _Model(BaseModel):

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
 from hosting import datadir
-from hosting.apps import addons, claims, ports
+from hosting.apps import addons, claims, databases, ports
 from hosting.apps import state as appstate
 from hosting.apps.container import AppSpec, create_kwargs
 from hosting.apps.manifest import parse_manifest
@@ -50,6 +50,19 @@ def build(ctx: TaskContext, box: Box, app_id: str, *, start: bool, percent: int)
     return str(container.id)
 
 
+def provision_databases(ctx: TaskContext, box: Box, app_id: str, *, percent: int) -> dict[str, dict[str, Any]]:
+    """Make the app's databases and users on their servers, as its records say (before its container starts).
+
+    Returns the app's addon records, for a caller that goes on to copy data in.
+    """
+    with ctx.fenced() as conn:
+        configs = addons.stored(conn, app_id)
+    if any(a in configs for a in databases.DATABASE_ADDONS):
+        ctx.progress(percent, "Provisioning the app's databases")
+        databases.provision(box.settings, configs)
+    return configs
+
+
 def app_spec(conn: Connection, box: Box, app_id: str) -> AppSpec:
     app = load(conn, app_id)
     manifest = parse_manifest(app.manifest)
@@ -61,7 +74,7 @@ def app_spec(conn: Connection, box: Box, app_id: str) -> AppSpec:
         bindings=ports.bindings_of(conn, app_id, manifest),
         limits=Limits(app.cpu_shares, app.cpu_quota, app.memory_limit),
         env=dict(app.env or {}),
-        addon_env=addons.env_for(addon_configs),
+        addon_env={**addons.env_for(addon_configs), **databases.env_for(addon_configs)},
         data_dir=box.app_dir(app_id) / "data",
     )
 

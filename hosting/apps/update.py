@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from hosting.apps import addons, ports, steps
+from hosting.apps import addons, databases, ports, steps
 from hosting.apps import docker_engine as de
 from hosting.apps import state as appstate
 from hosting.apps.container import create_kwargs
@@ -46,6 +46,7 @@ def update_app(ctx: TaskContext, app_id: str, *, box: Box | None = None, **optio
     check_app_id(app_id)
     opts = parse(UpdateOptions, "update", options)
     new = parse_manifest(opts.manifest)
+    databases.check_provided(new, box.settings)
     with ctx.fenced() as conn:
         app = steps.load(conn, app_id)
         bound = ports.bindings_of(conn, app_id, parse_manifest(app.manifest))
@@ -66,6 +67,10 @@ def update_app(ctx: TaskContext, app_id: str, *, box: Box | None = None, **optio
             backup_id = create_app_backup(ctx, box, app_id, percent=(5, 40)).id
         ctx.progress(45, f"Fetching image {new.image}")
         box.docker.ensure_image(new.image)
+        with ctx.fenced() as conn:
+            # A database addon the new version asks for is there before it starts (the old one ignores it).
+            databases.set_up(conn, app_id=app_id, manifest=new, settings=box.settings)
+        steps.provision_databases(ctx, box, app_id, percent=50)
         with ctx.fenced() as conn:
             spec = dataclasses.replace(
                 steps.app_spec(conn, box, app_id), manifest=new, bindings=ports.bindings_of(conn, app_id, new)

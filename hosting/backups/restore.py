@@ -22,7 +22,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from config.filemodes import private_dir
-from hosting.apps import addons, ports, steps
+from hosting.apps import addons, databases, ports, steps
 from hosting.apps import state as appstate
 from hosting.apps.manifest import Manifest, parse_manifest
 from hosting.apps.options import CloneOptions, RestoreOptions, check_app_id, check_env, check_location, parse
@@ -72,6 +72,7 @@ def restore(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
         swap_data(box, app_id, path)
         with ctx.fenced() as conn:
             _restore_config(conn, box, app_id, app.location, config)
+        steps.provision_databases(ctx, box, app_id, percent=45)
         container_id = steps.build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=50)
         with ctx.fenced() as conn:
             steps.finish(ctx, conn, app_id, "restore", container_id=container_id, backupId=bid)
@@ -115,6 +116,7 @@ def _create_from(
         if not config.manifest:
             raise BackupError(f"backup {bid} holds no app config (made by an older version): it cannot make a new app")
         manifest = parse_manifest(config.manifest)
+        databases.check_provided(manifest, box.settings)
         location = check_location(location if location is not None else config.location)
         if wanted_ports is None:
             wanted_ports = dict(config.ports) if op == "restore" else {}
@@ -153,9 +155,13 @@ def _create_from(
             _claim_new(conn, app_id, op, values)
             ports.reserve(conn, app_id, bindings)
             addons.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
+            databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
     with steps.failures_leave_error(ctx, app_id, op):
         ctx.progress(20, "Restoring the data")
         swap_data(box, app_id, path)
+        own = steps.provision_databases(ctx, box, app_id, percent=25)
+        if op == "clone":
+            _copy_databases(ctx, box, config.app_id, own)
         container_id = steps.build(ctx, box, app_id, start=run_state == RunState.RUNNING, percent=40)
         with ctx.fenced() as conn:
             steps.finish(
@@ -211,6 +217,24 @@ def _restore_config(conn: Connection, box: Box, app_id: str, location: str, conf
         values["env"] = dict(config.env)
     conn.execute(update(App).where(App.id == app_id).values(**values))
     addons.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
+    databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
+
+
+def _copy_databases(ctx: TaskContext, box: Box, source_app: str | None, own: dict[str, dict[str, Any]]) -> None:
+    """The source app's databases, copied into the clone's own, while the source still has them.
+
+    App backups hold the data directory only, so the databases come from the source app as it is now;
+    a source that was uninstalled leaves the clone's databases empty (and says so in the log).
+    """
+    with ctx.fenced() as conn:
+        source = addons.stored(conn, source_app) if source_app else {}
+    wanted = [a for a in own if a in databases.DATABASE_ADDONS]
+    missing = [a for a in wanted if a not in source]
+    if missing:
+        logger.warning("clone of %s: the source has no %s database any more: left empty", source_app, missing)
+    if len(missing) < len(wanted):
+        ctx.progress(30, f"Copying the databases of {source_app}")
+        databases.copy_data(box.settings, source, own)
 
 
 def _archive(conn: Connection, archive_id: str | None) -> Any:

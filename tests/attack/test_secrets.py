@@ -148,6 +148,7 @@ def _seed_app(engine: Engine, box: Planted, app_id: str) -> tuple[str, str]:
     """An installed app as its install task leaves it: env, mail credentials, a backup, an archive,
     and an eventlog entry, a notification and a failed task whose texts quote a secret."""
     env_secret, mail_secret = box.plant("seed-env"), box.plant("seed-mail")
+    db_secret = box.plant("seed-db")  # a database addon's password, as `hosting.apps.databases` keeps it
     quoted = box.plant("quoted")
     with engine.begin() as conn:
         conn.execute(
@@ -168,6 +169,8 @@ def _seed_app(engine: Engine, box: Planted, app_id: str) -> tuple[str, str]:
                 app_id=app_id, addon="sendmail", config={"username": "x.app@example.com", "password": mail_secret}
             )
         )
+        db_config = {"database": "app_x", "username": "app_x", "password": db_secret, "host": "mysql", "port": 3306}
+        conn.execute(insert(AppAddon).values(app_id=app_id, addon="mysql", config=db_config))
         backup_id = f"app_{app_id}_20260101T000000Z_v1.0.0"
         config = app_config(conn, app_id).to_json()
         conn.execute(
@@ -195,7 +198,7 @@ def _seed_app(engine: Engine, box: Planted, app_id: str) -> tuple[str, str]:
             insert(Notification).values(
                 event_id=event.inserted_primary_key[0],  # type: ignore[index]
                 title=f"App {app_id} failed",
-                message=f"it said {mail_secret}",
+                message=f"it said {mail_secret}; mysql://app_x:{db_secret}@mysql:3306/app_x refused",
                 acknowledged=False,
             )
         )

@@ -47,7 +47,7 @@ def test_manifest_defaults_and_json() -> None:
         ({"image": "Not An Image"}, "image: must be a Docker image reference"),
         ({"version": "v1"}, "version: must be a semantic version"),
         ({"httpPort": 70000}, "httpPort: Input should be less than or equal to 65535"),
-        ({"addons": {"redis": {}}}, "unknown addon(s) redis; supported: localstorage, recvmail, sendmail"),
+        ({"addons": {"mongodb": {}}}, "unknown addon(s) mongodb; supported: localstorage, mysql, postgresql"),
         ({"tcpPorts": {"lower": {"title": "x"}}}, "'lower' is not an env var name"),
         ({"tcpPorts": {"P": {"title": "x", "portCount": 0}}}, "tcpPorts.P.portCount"),
         ({"tcpPorts": {"P": {"title": "x", "containerPort": 65535, "portCount": 2}}}, "passes 65535"),

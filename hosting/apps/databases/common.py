@@ -1,0 +1,150 @@
+"""What both database servers share: an app's credentials, the names derived from its id, piping a dump.
+
+Names are derived from the app id (sanitised, with a hash of the id so ids that differ only in case or
+punctuation never meet) and checked against one pattern before any statement uses them; they are
+also quoted as identifiers by each server's own quoting. Passwords are `secrets.token_urlsafe`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from hosting.errors import AddonError
+from models.secrets import scrub
+
+logger = logging.getLogger(__name__)
+
+#: Every database and user name the addons make: short enough for MySQL's 32-character user names.
+NAME = re.compile(r"^app_[a-z0-9_]{1,26}$")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One app's database on one server: what the app is handed (host and port as apps reach the server)."""
+
+    database: str
+    username: str
+    password: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Credentials:
+        creds = cls(
+            database=str(config["database"]),
+            username=str(config["username"]),
+            password=str(config["password"]),
+            host=str(config["host"]),
+            port=int(config["port"]),
+        )
+        check_name(creds.database)
+        check_name(creds.username)
+        return creds
+
+    def as_config(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "username": self.username,
+            "password": self.password,
+            "host": self.host,
+            "port": self.port,
+        }
+
+
+def name_for(app_id: str) -> str:
+    """The database (and user, and role) name of an app: `app_<id, sanitised>_<8 hex of its hash>`."""
+    base = re.sub(r"[^a-z0-9]+", "_", app_id.lower()).strip("_")[:16]
+    digest = hashlib.sha256(app_id.encode()).hexdigest()[:8]
+    return check_name(f"app_{base}_{digest}" if base else f"app_{digest}")
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise AddonError(f"refusing database name {name!r}: not one the platform makes ({NAME.pattern})")
+    return name
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def pipe(
+    dump: list[str] | Path,
+    load: list[str] | Path,
+    *,
+    dump_env: Mapping[str, str] | None = None,
+    load_env: Mapping[str, str] | None = None,
+    rewrite: Callable[[bytes], bytes] | None = None,
+    hide: tuple[str, ...] = (),
+    what: str,
+) -> None:
+    """Run `dump | load`, each line through `rewrite`; a failure of either is an AddonError with its stderr.
+
+    Either end may be a file instead of a command (a dump kept in a backup, made private: 0600).
+    Passwords go in the environment or a private file, never on a command line; `hide` are scrubbed
+    out of the stderr quoted in the error all the same.
+    """
+    with ExitStack() as stack:
+        running: list[tuple[subprocess.Popen[bytes], str, BinaryIO]] = []
+        source: IO[bytes]
+        sink: IO[bytes]
+        if isinstance(dump, Path):
+            source = stack.enter_context(dump.open("rb"))
+        else:
+            producer = _start(stack, dump, dump_env, what, stdout=subprocess.PIPE)
+            running.append(producer)
+            assert producer[0].stdout is not None
+            source = producer[0].stdout
+        try:
+            if isinstance(load, Path):
+                sink = stack.enter_context(os.fdopen(os.open(load, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"))
+            else:
+                consumer = _start(stack, load, load_env, what, stdin=subprocess.PIPE)
+                running.append(consumer)
+                assert consumer[0].stdin is not None
+                sink = consumer[0].stdin
+        except BaseException:
+            for proc, _, _ in running:
+                proc.kill()
+                proc.wait()
+            raise
+        try:
+            for line in source:
+                sink.write(rewrite(line) if rewrite else line)
+        except BrokenPipeError:
+            pass  # the loader gave up: its stderr says why
+        finally:
+            sink.close()
+            source.close()
+        codes = [(proc.wait(), tool, err) for proc, tool, err in running]
+        for code, tool, err_file in codes:
+            if code != 0:
+                raise AddonError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
+
+
+def _start(
+    stack: ExitStack, cmd: list[str], env: Mapping[str, str] | None, what: str, **pipes: Any
+) -> tuple[subprocess.Popen[bytes], str, BinaryIO]:
+    err_file = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (closed by the stack)
+    try:
+        proc = subprocess.Popen(cmd, stderr=err_file, env=dict(env or {}), **pipes)
+    except OSError as err:
+        raise AddonError(f"cannot {what}: {cmd[0]} cannot run ({err.strerror}); install it") from err
+    return proc, cmd[0], err_file
+
+
+def _first_lines(err_file: BinaryIO, hide: tuple[str, ...]) -> str:
+    err_file.seek(0)
+    text = err_file.read(4000).decode(errors="replace").strip()
+    return str(scrub(" / ".join(text.splitlines()[:3]), hide)) or "no message"
