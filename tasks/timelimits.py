@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,9 @@ from models import TaskState, records
 from tasks import flow
 
 logger = logging.getLogger(__name__)
+
+#: How often the node looks for tasks past their hard limit.
+WATCH_SECONDS = 1.0
 
 #: Task id -> why this node killed its process; `tasks.signals._child_lost` says it on the task.
 killed_for: dict[str, str] = {}
@@ -54,15 +58,15 @@ class LimitedRequest(Request):  # type: ignore[misc]
         # The pool keeps the soft limit; the hard one is this node's (`_kill_if_running`).
         self.time_limits = (None, soft)
         self.hard_limit: float | None = hard
+        self.hard_deadline: float | None = None
 
     def on_accepted(self, pid: int, time_accepted: float) -> None:
         # Shrink the node's window before the acknowledgement frees a place in it (`tasks.flow`).
         flow.adjust(taking=self)
         super().on_accepted(pid, time_accepted)
         if self.hard_limit:
-            timer = threading.Timer(self.hard_limit, self._kill_if_running, args=(pid,))
-            timer.daemon = True
-            timer.start()
+            self.hard_deadline = time.monotonic() + self.hard_limit
+            _watch()
 
     def _kill_if_running(self, pid: int) -> None:
         """SIGKILL the task's process if this run of the task is still in it (row: running here, in `pid`)."""
@@ -81,3 +85,29 @@ class LimitedRequest(Request):  # type: ignore[misc]
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             killed_for.pop(self.id, None)
+
+
+_watcher: list[threading.Thread] = []
+
+
+def _watch() -> None:
+    """Start (once per node) the thread that kills the processes of requests past their hard limit."""
+    if not _watcher:
+        thread = threading.Thread(target=_watch_forever, name="hard-limits", daemon=True)
+        _watcher.append(thread)
+        thread.start()
+
+
+def _watch_forever() -> None:
+    # One thread for the node, polling the few running requests: a limit is minutes, a second is close enough.
+    while True:
+        time.sleep(WATCH_SECONDS)
+        now = time.monotonic()
+        for request in [r for r in list(active_requests) if isinstance(r, LimitedRequest)]:
+            deadline = getattr(request, "hard_deadline", None)
+            if deadline is not None and now >= deadline and request.worker_pid:
+                request.hard_deadline = None  # once
+                try:
+                    request._kill_if_running(int(request.worker_pid))
+                except Exception:
+                    logger.exception("task %s: could not enforce its hard time limit", request.id)
