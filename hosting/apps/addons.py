@@ -62,29 +62,30 @@ def tear_down(conn: Connection, app_id: str) -> int:
 
 
 def env_for(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """The environment an app sees for its mail addons."""
+    """The environment an app sees for its mail addons: the names packaged apps read (`CLOUDRON_MAIL_*`)."""
     env: dict[str, str] = {}
     if SENDMAIL in configs:
         c = configs[SENDMAIL]
         env.update(
             {
-                "BOX_MAIL_SMTP_SERVER": str(c["host"]),
-                "BOX_MAIL_SMTP_PORT": str(c["port"]),
-                "BOX_MAIL_SMTP_USERNAME": str(c["username"]),
-                "BOX_MAIL_SMTP_PASSWORD": str(c["password"]),
-                "BOX_MAIL_FROM": str(c["from"]),
-                "BOX_MAIL_DOMAIN": str(c["domain"]),
+                "CLOUDRON_MAIL_SMTP_SERVER": str(c["host"]),
+                "CLOUDRON_MAIL_SMTP_PORT": str(c["port"]),
+                "CLOUDRON_MAIL_SMTP_USERNAME": str(c["username"]),
+                "CLOUDRON_MAIL_SMTP_PASSWORD": str(c["password"]),
+                "CLOUDRON_MAIL_FROM": str(c["from"]),
+                "CLOUDRON_MAIL_DOMAIN": str(c["domain"]),
             }
         )
     if RECVMAIL in configs:
         c = configs[RECVMAIL]
         env.update(
             {
-                "BOX_MAIL_IMAP_SERVER": str(c["host"]),
-                "BOX_MAIL_IMAP_PORT": str(c["port"]),
-                "BOX_MAIL_IMAP_USERNAME": str(c["username"]),
-                "BOX_MAIL_IMAP_PASSWORD": str(c["password"]),
-                "BOX_MAIL_TO": str(c["address"]),
+                "CLOUDRON_MAIL_IMAP_SERVER": str(c["host"]),
+                "CLOUDRON_MAIL_IMAP_PORT": str(c["port"]),
+                "CLOUDRON_MAIL_IMAP_USERNAME": str(c["username"]),
+                "CLOUDRON_MAIL_IMAP_PASSWORD": str(c["password"]),
+                "CLOUDRON_MAIL_TO": str(c["address"]),
+                "CLOUDRON_MAIL_TO_DOMAIN": str(c["address"]).rpartition("@")[2],
             }
         )
     return env

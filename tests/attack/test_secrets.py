@@ -398,7 +398,7 @@ def test_the_worker_still_gets_the_real_env(
     assert done.state == "succeeded", done.error
     env = _container_env(dockerd, app_id)
     assert env["DB_PASSWORD"] == secret
-    mail_password = env["BOX_MAIL_SMTP_PASSWORD"]
+    mail_password = env["CLOUDRON_MAIL_SMTP_PASSWORD"]
     assert len(mail_password) >= 16
 
     configured = wait_state(_enqueue_app(app_id, "configure", env={"DB_PASSWORD": changed}), "succeeded", "failed")

@@ -90,8 +90,9 @@ def test_install_applies_ports_resources_env_addons_then_uninstall_removes_all(k
     assert labels["boxtasks.task_id"] == ctx.task_id
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
     assert env["GREETING"] == "hello" and env["SSH_PORT"] == "41022" and env["BOX_APP_ID"] == app_id
-    assert env["BOX_MAIL_SMTP_USERNAME"] == f"{app_id}.app@box.test" and len(env["BOX_MAIL_SMTP_PASSWORD"]) >= 24
-    assert "BOX_MAIL_IMAP_SERVER" not in env, "recvmail is skipped on a server that receives no mail"
+    assert env["CLOUDRON_MAIL_SMTP_USERNAME"] == f"{app_id}.app@box.test"
+    assert len(env["CLOUDRON_MAIL_SMTP_PASSWORD"]) >= 24
+    assert "CLOUDRON_MAIL_IMAP_SERVER" not in env, "recvmail is skipped on a server that receives no mail"
 
     cgroup = _cgroup_limits(kit, cid)
     assert (cgroup["quota"], cgroup["period"], cgroup["memory"]) == ("50000", "100000", str(64 * MIB))
@@ -115,7 +116,7 @@ def test_recvmail_is_set_up_where_the_server_receives_mail(kit: Kit) -> None:
     app_id = new_app_id()
     result = install(kit, app_id)
     env = dict(e.split("=", 1) for e in kit.inspect(str(result["containerId"]))["Config"]["Env"])
-    assert env["BOX_MAIL_IMAP_USERNAME"] == f"{app_id}.app@box.test"
+    assert env["CLOUDRON_MAIL_IMAP_USERNAME"] == f"{app_id}.app@box.test"
     assert {r.addon for r in kit.rows(AppAddon, app_id)} == {"sendmail", "recvmail"}
     kit.run(lifecycle.uninstall, app_id)
     assert kit.rows(AppAddon, app_id) == []

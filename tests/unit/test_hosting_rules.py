@@ -158,7 +158,7 @@ def test_container_spec(tmp_path: Path) -> None:
     assert kw["ports"] == {"22/tcp": 2222} and kw["network_mode"] == "none"
     assert kw["cpu_quota"] == 50_000 and kw["cpu_period"] == 100_000 and kw["mem_limit"] == 64 * MIB
     assert kw["environment"]["BOX_APP_ID"] == "a1" and kw["environment"]["SSH_PORT"] == "2222"
-    assert kw["environment"]["USER_VAR"] == "1" and kw["environment"]["BOX_MAIL_SMTP_SERVER"] == "mail"
+    assert kw["environment"]["USER_VAR"] == "1" and kw["environment"]["CLOUDRON_MAIL_SMTP_SERVER"] == "mail"
     assert kw["labels"]["boxtasks.app_id"] == "a1" and kw["labels"]["boxtasks.task_id"] == "t1"
     assert kw["volumes"] == {str(tmp_path / "a1" / "data"): {"bind": "/app/data", "mode": "rw"}}
     assert kw["hostname"] == "blog" and kw["restart_policy"] == {"Name": "unless-stopped"}
