@@ -23,6 +23,7 @@ from hosting.apps.state import InstallState, RunState
 from hosting.box import Box, default_box
 from hosting.context import LocalContext, TaskContext
 from hosting.errors import (
+    AddonError,
     BackupError,
     BackupNotFoundError,
     BusyError,
@@ -69,6 +70,7 @@ from hosting.events.oom import watch_oom
 
 __all__ = [
     # errors
+    "AddonError",
     "BackupError",
     "BackupNotFoundError",
     "BusyError",

@@ -35,6 +35,10 @@ class ManifestError(InputError):
     """The app manifest does not validate."""
 
 
+class AddonError(InputError):
+    """The manifest asks for an addon this server does not provide (`hosting.apps.capabilities`)."""
+
+
 class PortError(InputError):
     """A requested host port is out of range, reserved by the platform, or not declared by the manifest."""
 
