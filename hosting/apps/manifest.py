@@ -204,7 +204,7 @@ class Manifest(_Model):
         return sorted([*self.tcp_ports, *self.udp_ports])
 
 
-NO_IMAGE_FIX = 'give the image with the install: --image (CLI) or "image" in the request body (API)'
+NO_IMAGE_FIX = 'give one: --image (CLI) or "image" in the request body (API)'
 
 
 def with_image(document: Mapping[str, Any], image: str | None) -> dict[str, Any]:

@@ -127,8 +127,7 @@ def test_the_image_comes_from_the_installer_or_the_manifest() -> None:
     with pytest.raises(ManifestError) as caught:
         with_image(bare, None)
     assert str(caught.value) == (
-        "no image to run: the manifest has no dockerImage; give the image with the install: "
-        '--image (CLI) or "image" in the request body (API)'
+        'no image to run: the manifest has no dockerImage; give one: --image (CLI) or "image" in the request body (API)'
     )
     with pytest.raises(ManifestError, match="names no dockerImage"):
         _ = parse_manifest(bare).image
