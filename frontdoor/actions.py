@@ -361,7 +361,15 @@ def _check_update(app_id: str, row: Any, opts: Any, options: dict[str, Any]) -> 
 
 
 def _note_unknown_fields(manifest: Any) -> None:
-    """Keys the format does not document are kept as given; say so once, for the packager."""
+    """Optional addons left out, and keys the format does not document (kept as given): say so, for the packager."""
+    from hosting.apps.capabilities import skipped
+
+    if skipped(manifest):
+        logger.info(
+            "manifest of %s: optional addon(s) %s are not provided here; installed without",
+            manifest.id,
+            skipped(manifest),
+        )
     unknown = manifest.unknown_fields()
     if unknown:
         logger.info("manifest of %s carries field(s) the format does not document, kept: %s", manifest.id, unknown)

@@ -2,7 +2,8 @@
 
 An addon is provided when an install sets it up (`hosting.apps.addons` for the mail addons,
 `hosting.apps.container` for localstorage). A manifest asking for any other addon is refused
-before a task exists, with one message naming each missing addon, and again by the task.
+before a task exists, with one message naming each missing addon, and again by the task; one the
+manifest marks `"optional": true` is left out instead.
 """
 
 from __future__ import annotations
@@ -21,8 +22,21 @@ def provided_addons() -> list[str]:
 
 
 def unprovided(manifest: Manifest) -> list[str]:
-    """The manifest's addons this server cannot set up, sorted."""
-    return sorted(set(manifest.addons) - PROVIDED_ADDONS)
+    """The manifest's addons this server cannot set up, sorted.
+
+    An addon marked `"optional": true` is one the app runs without (the format's option), so it
+    is not among them: the app is installed without it.
+    """
+    return sorted(a for a, options in manifest.addons.items() if a not in PROVIDED_ADDONS and not _optional(options))
+
+
+def skipped(manifest: Manifest) -> list[str]:
+    """Optional addons this server does not provide: the app goes without them."""
+    return sorted(a for a, options in manifest.addons.items() if a not in PROVIDED_ADDONS and _optional(options))
+
+
+def _optional(options: object) -> bool:
+    return isinstance(options, dict) and options.get("optional") is True
 
 
 def check_addons(manifest: Manifest) -> None:

@@ -21,6 +21,7 @@ from hosting.errors import AddonError, ManifestError
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "manifests"
 
+#: Required addons only: one marked `"optional": true` is left out, not refused.
 ADDONS_BEYOND_CORE: dict[str, list[str]] = {
     "act-runner": [],
     "atuin": ["postgresql"],
@@ -31,10 +32,13 @@ ADDONS_BEYOND_CORE: dict[str, list[str]] = {
     "healthchecks": ["postgresql"],
     "keycloak": ["ldap", "postgresql"],
     "laminar": ["oidc", "postgresql"],
+    "lamp": ["ldap", "mongodb", "mysql"],  # and redis, marked optional: installed without it
     "mongodb": ["mongodb"],
+    "movinin": ["mongodb"],
     "node-red": ["oidc"],
     "odoo-alusage": ["ldap", "postgresql"],
     "papermc": ["ldap"],
+    "pelican-panel": ["mysql"],
     "plausible": ["postgresql"],
     "postgresql": ["postgresql"],
     "prosody-derekjarvis": ["ldap", "tls", "turn"],

@@ -185,6 +185,18 @@ def test_unprovided_addons_are_refused_in_one_message_naming_each() -> None:
         f"{', '.join(sorted(PROVIDED_ADDONS))}; see GET /api/v1/platform/capabilities)"
     )
     check_addons(parse_manifest(FULL))  # localstorage and sendmail: provided
+    cron = {"scheduler": {"housekeeping": {"schedule": "*/5 * * * *", "command": "/app/code/cron.sh"}}}
+    with pytest.raises(AddonError) as caught:
+        check_addons(parse_manifest({**FULL, "addons": {**cron, "proxyAuth": {}, "email": {}, "tls": {}}}))
+    assert str(caught.value) == addon_refusal("io.example.full", ["email", "proxyAuth", "scheduler", "tls"])
+
+
+def test_an_optional_addon_not_provided_is_left_out_not_refused() -> None:
+    addons = {"localstorage": {}, "redis": {"optional": True}, "ldap": {"optional": False}, "mysql": {}}
+    m = parse_manifest({**FULL, "addons": addons})
+    assert capabilities.unprovided(m) == sorted({"ldap", "mysql"} - PROVIDED_ADDONS)
+    assert capabilities.skipped(m) == sorted({"redis"} - PROVIDED_ADDONS)
+    check_addons(parse_manifest({**FULL, "addons": {"localstorage": {}, "redis": {"optional": True}}}))
 
 
 def test_provided_addons_are_the_ones_an_install_sets_up() -> None:
