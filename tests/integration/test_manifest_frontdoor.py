@@ -225,6 +225,9 @@ def test_the_image_comes_from_the_manifest_or_the_installer(
     with get_engine().connect() as conn:
         stored = conn.execute(select(App.manifest).where(App.id == cli.json()["app_id"])).scalar_one()
     assert stored == {**game, "dockerImage": "busybox:1.36"}
+    # Shown back as stored: every field the packager wrote, documented or not, acted on or not.
+    shown = api.get(f"/api/v1/apps/{cli.json()['app_id']}", toks["read"]).json()["manifest"]
+    assert shown == stored and shown["title"] == "A game server"
 
 
 def _reserved(app_id: str) -> list[tuple[str, int, str]]:
