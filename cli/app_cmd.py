@@ -40,6 +40,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     install.add_argument("--manifest", required=True, type=Path, metavar="FILE", help="the app's manifest (JSON)")
     install.add_argument("--location", required=True, metavar="NAME", help="where the app lives, like 'blog'")
     install.add_argument("--app-id", metavar="ID", help="the new app's id (default: made up)")
+    install.add_argument("--image", metavar="IMAGE", help="the image to run (default: the manifest's dockerImage)")
     _limits(install)
     install.set_defaults(handler=install_app)
 
@@ -56,6 +57,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     update = asub.add_parser("update", help="update the app to the version of a manifest", parents=[common])
     update.add_argument("app_id", metavar="APP")
     update.add_argument("--manifest", required=True, type=Path, metavar="FILE")
+    update.add_argument("--image", metavar="IMAGE", help="the image to run (default: the manifest's dockerImage)")
     update.set_defaults(handler=update_app)
 
     restore = asub.add_parser("restore", help="restore the app from one of its backups", parents=[common])
@@ -73,7 +75,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _limits(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", action="append", default=[], metavar="ENV=HOSTPORT", help="repeat for each port")
+    p.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="ENV=HOSTPORT",
+        help="repeat for each port; on install, ENV=off leaves a port the manifest binds by default unbound",
+    )
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="repeat for each variable")
     p.add_argument("--cpu-shares", type=int, metavar="N", help="relative CPU weight under contention")
     p.add_argument("--cpu-quota", type=int, metavar="PCT", help="hard CPU limit, percent of one CPU")
@@ -129,7 +137,9 @@ def show_app(args: argparse.Namespace) -> int:
 
 def install_app(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"manifest": _manifest(args.manifest), "location": args.location}
-    options.update(_limit_options(args))
+    if args.image:
+        options["image"] = args.image
+    options.update(_limit_options(args, unbind=True))
     return started(args, "install", actions.install(get_engine(), options, app_id=args.app_id))
 
 
@@ -143,7 +153,9 @@ def simple_operation(args: argparse.Namespace) -> int:
 
 
 def update_app(args: argparse.Namespace) -> int:
-    options = {"manifest": _manifest(args.manifest)}
+    options: dict[str, Any] = {"manifest": _manifest(args.manifest)}
+    if args.image:
+        options["image"] = args.image
     return started(args, "update", actions.app_operation(get_engine(), args.app_id, "update", options))
 
 
@@ -160,10 +172,13 @@ def clone_app(args: argparse.Namespace) -> int:
     return started(args, "clone", actions.clone(get_engine(), args.app_id, options))
 
 
-def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
+def _limit_options(args: argparse.Namespace, *, unbind: bool = False) -> dict[str, Any]:
+    """The options of --port, --env and the limits; with `unbind`, `--port ENV=off` leaves a default port unbound."""
     options: dict[str, Any] = {}
     if args.port:
-        options["ports"] = {k: _int(v, f"--port {k}") for k, v in _pairs(args.port, "--port").items()}
+        options["ports"] = {
+            k: None if unbind and v == "off" else _int(v, f"--port {k}") for k, v in _pairs(args.port, "--port").items()
+        }
     if args.env:
         options["env"] = _pairs(args.env, "--env")
     for key, value in (("cpuShares", args.cpu_shares), ("cpuQuota", args.cpu_quota), ("memoryLimit", args.memory)):

@@ -1,4 +1,4 @@
-"""`boxtasks platform backup|update|start` and `boxtasks backup list|show`."""
+"""`boxtasks platform backup|update|start|capabilities` and `boxtasks backup list|show`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     update.set_defaults(handler=platform_task, kind="update")
     start = psub.add_parser("start", help="bring the platform and every app up", parents=[common])
     start.set_defaults(handler=platform_task, kind="platformstart")
+    caps = psub.add_parser(
+        "capabilities",
+        help="what this server runs, the addons it provides to apps, manifests it reads",
+        parents=[common],
+    )
+    caps.set_defaults(handler=show_capabilities)
 
     backups = sub.add_parser("backup", help="list and show backups", parents=[common])
     bsub = backups.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
@@ -48,6 +54,21 @@ def platform_task(args: argparse.Namespace) -> int:
     except DuplicateError as err:
         return already_under_way(args, err)
     return started(args, args.kind, result)
+
+
+def show_capabilities(args: argparse.Namespace) -> int:
+    caps = actions.capabilities()
+    if args.json:
+        print_json(caps)
+        return 0
+    for key, label in (
+        ("app_operations", "app operations"),
+        ("platform_tasks", "platform tasks"),
+        ("addons", "addons"),
+        ("manifest_versions", "manifestVersion"),
+    ):
+        sys.stdout.write(f"{label + ':':<17} {' '.join(str(v) for v in caps[key])}\n")
+    return 0
 
 
 def already_under_way(args: argparse.Namespace, err: DuplicateError) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import OperationalError
 
+from config import get_settings
 from frontdoor.errors import (
     BadRequestError,
     BrokerDownError,
@@ -75,42 +76,62 @@ def platform_kinds() -> list[str]:
     return list(PLATFORM_KINDS)
 
 
+def capabilities() -> dict[str, Any]:
+    """What `GET /platform/capabilities` and `boxtasks platform capabilities` answer."""
+    from hosting.apps import capabilities as caps
+
+    return {
+        "app_operations": app_operations(),
+        "platform_tasks": platform_kinds(),
+        "addons": caps.provided_addons(get_settings()),
+        "manifest_versions": list(caps.MANIFEST_VERSIONS),
+    }
+
+
 # ---------------------------------------------------------------------------- app operations
 
 
 def install(
     engine: Engine, options: Mapping[str, Any], *, app_id: str | None = None, retry_of: str | None = None
 ) -> StartedOut:
-    """Check an install request (the seed's names: manifest, location, ports, cpuShares, ...) and start it.
+    """Check an install request (the seed's names: manifest, image, location, ports, cpuShares, ...) and start it.
 
     The app's row (its location) and its host ports are claimed in the transaction that records
     the task (`hosting.apps.claims`): of two requests for one location or port, one gets its task and
-    the other a 409 naming the holder, with nothing of it left behind.
+    the other a 409 naming the holder, with nothing of it left behind. The task gets the manifest as
+    stored (with its `dockerImage`) and every declared port resolved (defaults filled in).
     """
     from hosting.apps import ports
-    from hosting.apps.manifest import parse_manifest
+    from hosting.apps.capabilities import check_addons
+    from hosting.apps.manifest import parse_manifest, with_image
     from hosting.apps.options import InstallOptions, check_app_id, check_env, check_location, parse
 
     app_id = app_id or str(uuid.uuid4())
     with _input_errors():
         check_app_id(app_id)
         opts = parse(InstallOptions, "install", options)
-        manifest = parse_manifest(opts.manifest)
+        stored = with_image(opts.manifest, opts.image)
+        manifest = parse_manifest(stored)
+        check_addons(manifest, get_settings())
         check_location(opts.location)
-        bindings = ports.check_ports(manifest, opts.ports)
+        wanted = ports.new_app_ports(manifest, opts.ports)
+        bindings = ports.check_ports(manifest, wanted)
         check_env(opts.env, manifest)
         _check_limits(manifest, opts.cpu_shares, opts.cpu_quota, opts.memory_limit)
+    _note_unknown_fields(manifest)
     values = {
         "app_store_id": opts.app_store_id or manifest.id,
-        "manifest": dict(opts.manifest),
+        "manifest": stored,
         "version": manifest.version,
         "location": opts.location,
     }
+    task_options = opts.model_dump(by_alias=True, exclude_unset=True, exclude={"image"})
+    task_options.update(manifest=stored, ports=wanted)
     return _enqueue_app(
         engine,
         app_id,
         "install",
-        opts.model_dump(by_alias=True, exclude_unset=True),
+        task_options,
         claim=_new_app_claim(app_id, "install", values, bindings),
         retry_of=retry_of,
     )
@@ -178,9 +199,10 @@ def app_operation(
             row = _precheck(conn, app_id, operation)
         if operation == "restore":
             _check_restore(conn, app_id, opts, app_exists=row is not None or not precheck)
-    if operation == "update" and row is not None:
-        _check_update(app_id, row, opts)
-    return _enqueue_app(engine, app_id, operation, dict(options or {}), retry_of=retry_of)
+    task_options = dict(options or {})
+    if operation == "update":
+        task_options = _check_update(app_id, row, opts, task_options)
+    return _enqueue_app(engine, app_id, operation, task_options, retry_of=retry_of)
 
 
 def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, retry_of: str | None = None) -> StartedOut:
@@ -191,6 +213,7 @@ def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, ret
     are checked against the backup's manifest and claimed with the task's row, as install does.
     """
     from hosting.apps import ports
+    from hosting.apps.capabilities import check_addons
     from hosting.apps.manifest import parse_manifest
     from hosting.apps.options import CloneOptions, check_app_id, check_env, check_location, parse
     from hosting.backups.appconfig import AppConfig
@@ -226,6 +249,7 @@ def clone(engine: Engine, source_app_id: str, options: Mapping[str, Any], *, ret
         )
     with _input_errors():
         manifest = parse_manifest(config.manifest)
+        check_addons(manifest, get_settings())
         bindings = ports.check_ports(manifest, parsed.ports)
         check_env(dict(config.env or {}), manifest)
     values = {
@@ -315,15 +339,40 @@ def _check_restore(conn: Connection, app_id: str, opts: Any, *, app_exists: bool
     _usable_backup(conn, str(opts.backup_id), of_app=app_id)
 
 
-def _check_update(app_id: str, row: Any, opts: Any) -> None:
-    """The new manifest: valid, of the same app, still declaring every port the app has bound."""
-    from hosting.apps.manifest import parse_manifest
+def _check_update(app_id: str, row: Any, opts: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The new manifest: valid, with an image, asking only for provided addons, of the same app.
+
+    Returns the task's options: the manifest as it will be stored (its `dockerImage` set).
+    `row` is None while another task of the app is active: the task compares the ids then.
+    """
+    from hosting.apps.capabilities import check_addons
+    from hosting.apps.manifest import parse_manifest, with_image
 
     with _input_errors():
-        new = parse_manifest(opts.manifest)
-        old = parse_manifest(row.manifest)
-    if new.id != old.id:
+        stored = with_image(opts.manifest, opts.image)
+        new = parse_manifest(stored)
+        check_addons(new, get_settings())
+        old = parse_manifest(row.manifest) if row is not None else None
+    if old is not None and new.id != old.id:
         raise BadRequestError(f"the new manifest is of {new.id}, but app {app_id} is {old.id}: install it instead")
+    _note_unknown_fields(new)
+    task_options = {k: v for k, v in options.items() if k != "image"}
+    task_options["manifest"] = stored
+    return task_options
+
+
+def _note_unknown_fields(manifest: Any) -> None:
+    """Optional addons left out, and keys the format does not document (kept as given): say so, for the packager."""
+    from hosting.apps.capabilities import skipped
+
+    left_out = skipped(manifest, get_settings())
+    if left_out:
+        logger.info(
+            "manifest of %s: optional addon(s) %s are not provided here; installed without", manifest.id, left_out
+        )
+    unknown = manifest.unknown_fields()
+    if unknown:
+        logger.info("manifest of %s carries field(s) the format does not document, kept: %s", manifest.id, unknown)
 
 
 @contextmanager

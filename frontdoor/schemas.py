@@ -32,11 +32,22 @@ class _Request(BaseModel):
 
 
 class InstallRequest(_Request):
-    manifest: dict[str, Any] = Field(description="the app's manifest (id, version, image, httpPort, tcpPorts, ...)")
+    manifest: dict[str, Any] = Field(
+        description="the app's manifest (CloudronManifest.json: id, version, httpPort, tcpPorts, addons, ...)"
+    )
+    image: StrictStr | None = Field(
+        default=None,
+        max_length=512,
+        description="the image to run, when the manifest has no dockerImage (wins over it)",
+    )
     location: StrictStr = Field(max_length=255, description="where the app lives, like 'blog' (DNS labels)")
     app_id: StrictStr | None = Field(default=None, pattern=APP_ID_PATTERN, description="made up when left out")
     app_store_id: StrictStr | None = Field(default=None, max_length=255)
-    ports: dict[str, StrictInt] = Field(default_factory=dict, description=ENV_PORTS_DOC)
+    ports: dict[str, StrictInt | None] = Field(
+        default_factory=dict,
+        description=ENV_PORTS_DOC
+        + "; a port left out gets its defaultValue when enabledByDefault, null leaves it unbound",
+    )
     cpu_shares: StrictInt | None = Field(default=None, description=CPU_SHARES_DOC)
     cpu_quota: StrictInt | None = Field(default=None, description=CPU_QUOTA_DOC)
     memory_limit: StrictInt | None = Field(default=None, description=MEMORY_DOC)
@@ -55,6 +66,7 @@ class ConfigureRequest(_Request):
 
 class UpdateRequest(_Request):
     manifest: dict[str, Any] = Field(description="the manifest of the version to update to")
+    image: StrictStr | None = Field(default=None, max_length=512, description="as for install")
 
 
 class RestoreRequest(_Request):
@@ -250,3 +262,5 @@ class LocksOut(BaseModel):
 class CapabilitiesOut(BaseModel):
     app_operations: list[str] = Field(description="app operations this server runs now")
     platform_tasks: list[str] = Field(description="platform tasks this server runs now")
+    addons: list[str] = Field(description="addons an app's manifest may ask for here; any other is refused")
+    manifest_versions: list[int] = Field(description="manifestVersion values accepted")

@@ -24,8 +24,8 @@ from hosting.apps.state import InstallState, RunState
 from hosting.box import Box, default_box
 from hosting.context import LocalContext, TaskContext
 from hosting.errors import (
-    AddonError,
     AddonNotProvidedError,
+    AddonServerError,
     BackupError,
     BackupNotFoundError,
     BusyError,
@@ -71,7 +71,7 @@ from hosting.events.notify import (
 
 __all__ = [
     # errors
-    "AddonError",
+    "AddonServerError",
     "AddonNotProvidedError",
     "BackupError",
     "BackupNotFoundError",

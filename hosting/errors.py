@@ -109,10 +109,10 @@ class ContainerError(EngineError):
 
 
 class AddonNotProvidedError(InputError):
-    """The app asks for an addon this server does not provide (its admin URL is not configured)."""
+    """The manifest asks for an addon this server does not provide (`hosting.apps.capabilities`)."""
 
 
-class AddonError(HostingError):
+class AddonServerError(HostingError):
     """A database addon server refused to make, copy or drop an app's database or user (the app is left in
     `error`; the same operation can be issued again once the server answers)."""
 

@@ -38,7 +38,7 @@ def manifest(image: str, **overrides: Any) -> dict[str, Any]:
         "id": "io.boxtasks.testapp",
         "version": "1.0.0",
         "title": "Test app",
-        "image": image,
+        "dockerImage": image,
         "httpPort": 8080,
         "tcpPorts": {
             "SSH_PORT": {"title": "SSH", "description": "git over ssh", "containerPort": 2222},

@@ -19,8 +19,9 @@ _STARTS = errors(404, 409, 422, 503)
 
 @router.get("/capabilities", response_model=CapabilitiesOut, dependencies=[Depends(auth.read)], responses=errors())
 def capabilities() -> dict[str, Any]:
-    """What this server can run now (app operations and platform tasks come as hosting provides them)."""
-    return {"app_operations": actions.app_operations(), "platform_tasks": actions.platform_kinds()}
+    """What this server can run now (app operations and platform tasks come as hosting provides them),
+    the addons it provides to apps and the manifest versions it reads."""
+    return actions.capabilities()
 
 
 @router.post(

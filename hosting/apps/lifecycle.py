@@ -22,7 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from hosting import datadir
 from hosting.apps import addons, databases, ports, steps
 from hosting.apps import state as appstate
-from hosting.apps.manifest import Manifest, parse_manifest
+from hosting.apps.capabilities import check_addons
+from hosting.apps.manifest import Manifest, parse_manifest, with_image
 from hosting.apps.options import (
     ConfigureOptions,
     InstallOptions,
@@ -58,10 +59,11 @@ def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
     with steps.refusal_gives_back(ctx, app_id, "install"):
         check_app_id(app_id)
         opts = parse(InstallOptions, "install", options)
-        manifest = parse_manifest(opts.manifest)
-        databases.check_provided(manifest, box.settings)
+        stored = with_image(opts.manifest, opts.image)
+        manifest = parse_manifest(stored)
+        check_addons(manifest, box.settings)
         check_location(opts.location)
-        bindings = ports.check_ports(manifest, opts.ports)
+        bindings = ports.check_ports(manifest, ports.new_app_ports(manifest, opts.ports))
         env = check_env(opts.env, manifest)
         limits = check_limits(
             manifest,
@@ -74,7 +76,7 @@ def install(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
         ctx.progress(5, "Reserving ports and recording the app")
         with steps.busy_is_retryable("install"), ctx.fenced() as conn:
             # The front door claimed the row and the ports with the task's row: here they are taken over.
-            _claim_for_install(conn, app_id, opts, manifest, limits, env)
+            _claim_for_install(conn, app_id, opts, stored, manifest, limits, env)
             ports.reserve(conn, app_id, bindings)
             addons.set_up(conn, app_id=app_id, location=opts.location, manifest=manifest, settings=box.settings)
             databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
@@ -263,12 +265,18 @@ def _run_container(ctx: TaskContext, app_id: str, op: str, box: Box, options: Ma
 
 
 def _claim_for_install(
-    conn: Connection, app_id: str, opts: InstallOptions, manifest: Manifest, limits: Limits, env: dict[str, str]
+    conn: Connection,
+    app_id: str,
+    opts: InstallOptions,
+    stored: dict[str, Any],
+    manifest: Manifest,
+    limits: Limits,
+    env: dict[str, str],
 ) -> None:
     """Insert the app as pending_install, or take over its row when this is a retry of a failed install."""
     values: dict[str, Any] = {
         "app_store_id": opts.app_store_id or manifest.id,
-        "manifest": dict(opts.manifest),
+        "manifest": stored,
         "version": manifest.version,
         "location": opts.location,
         "installation_state": InstallState.PENDING_INSTALL.value,

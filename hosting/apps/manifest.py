@@ -1,12 +1,19 @@
-"""The app manifest: what an app declares about itself (image, ports, addons, memory), validated once.
+"""The app manifest (`CloudronManifest.json`, the format packagers write), validated once.
 
-Validation errors come back as one `ManifestError` listing every bad field by its JSON path, so the
-packager can fix them all in one go.
+The format's published reference is the contract: every documented top-level field is accepted and
+kept as given (and shown back with the app), whether boxtasks acts on it or not. Keys the reference
+does not name are kept too (packagers' manifests carry a few, like `developmentMode`); they change
+nothing here. Validation errors come back as one `ManifestError` listing every bad field by its JSON
+path, so the packager can fix them all in one go.
+
+Which addons this server provides is not the format's business: the model accepts any addon name,
+and `hosting.apps.capabilities.check_addons` refuses the ones this server cannot set up.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,14 +31,38 @@ IMAGE_REF = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 SEMVER = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+ADDON_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 #: How many ports one env var may bind.
 MAX_PORT_COUNT = 1000
 #: How deep a manifest may nest (objects and arrays): well under what the databases' JSON accepts
 #: (MariaDB refuses past 32 levels), and far more than any packager writes (the format needs 4).
 MAX_DEPTH = 16
+#: The manifestVersion this server reads. 1 is the retired format: refused, with the reason.
+MANIFEST_VERSION = 2
+
+#: Top-level fields of the format's reference. All are kept as given; the ones boxtasks acts on
+#: are typed on `Manifest` below, the rest (store listing, SSO, backup hooks, ...) are carried.
+DOCUMENTED_FIELDS = frozenset(
+    {
+        "addons", "aliasableDomain", "author", "backupCommand", "capabilities", "changelog", "checklist",
+        "configurePath", "contactEmail", "description", "documentationUrl", "dockerImage", "forumUrl",
+        "healthCheckPath", "httpPort", "httpPorts", "icon", "iconUrl", "id", "logPaths", "manifestVersion",
+        "maxBoxVersion", "mediaLinks", "memoryLimit", "minBoxVersion", "multiDomain", "optionalSso",
+        "packageUrl", "packagerName", "packagerUrl", "persistentDirs", "postInstallMessage", "restoreCommand",
+        "runtimeDirs", "tagline", "tags", "targetBoxVersion", "tcpPorts", "title", "udpPorts",
+        "upstreamVersion", "version", "website",
+    }
+)  # fmt: skip
 
 Protocol = Literal["tcp", "udp"]
-ADDONS = ("localstorage", "mysql", "postgresql", "recvmail", "redis", "sendmail")
+
+#: What a missing required field means, for the refusal.
+_MISSING = {
+    "id": "a manifest names its app with a reverse-domain id, like 'io.example.app'",
+    "version": "a manifest gives the package's semantic version, like '1.0.0'",
+    "httpPort": "a manifest gives the port its app serves HTTP on, like 8000",
+    "title": "each port needs a title to show the installer",
+}
 
 
 class _Model(BaseModel):
@@ -39,32 +70,50 @@ class _Model(BaseModel):
 
 
 class PortSpec(_Model):
-    """One env var's ports: the app listens on `container_port` .. +`port_count`-1."""
+    """One env var's ports: the app listens on `container_port` .. +`port_count`-1.
 
-    title: str = Field(min_length=1, max_length=100)
-    description: str = Field(default="", max_length=500)
+    Port specs are a closed set of keys: a misspelt one (`defaultvalue`) would change which host
+    ports are bound without a word, so it is refused, not carried.
+    """
+
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)
     #: None: the app listens on the host port itself (the env var tells it which).
     container_port: int | None = Field(default=None, ge=1, le=65535)
     port_count: int = Field(default=1, ge=1, le=MAX_PORT_COUNT)
+    #: The host port used when the installer gives none.
+    default_value: int | None = Field(default=None, ge=1, le=65535)
+    #: False: bound only when the installer asks for it.
+    enabled_by_default: bool = True
+    #: True: the host port is `default_value`, and no other.
+    read_only: bool = False
 
     @model_validator(mode="after")
     def _range_fits(self) -> PortSpec:
-        if self.container_port is not None and self.container_port + self.port_count - 1 > 65535:
-            raise ValueError(f"containerPort {self.container_port} + portCount {self.port_count} passes 65535")
+        for name, start in (("containerPort", self.container_port), ("defaultValue", self.default_value)):
+            if start is not None and start + self.port_count - 1 > 65535:
+                raise ValueError(f"{name} {start} + portCount {self.port_count} passes 65535")
+        if self.read_only and self.default_value is None:
+            raise ValueError("readOnly fixes the host port at defaultValue, so it needs a defaultValue")
         return self
 
 
 class Manifest(_Model):
-    """The fields boxtasks acts on; others (title, author, ...) are kept as given and ignored."""
+    """The fields boxtasks acts on, typed; every other field is kept as given (`model_extra`)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
 
     id: str = Field(min_length=3, max_length=255)
     version: str = Field(min_length=1, max_length=64)
-    image: str = Field(min_length=1, max_length=512)
+    manifest_version: int = MANIFEST_VERSION
+    #: The image as the platform stores it with the manifest; None: the installer names it.
+    docker_image: str | None = Field(default=None, min_length=1, max_length=512)
     http_port: int = Field(ge=1, le=65535)
+    health_check_path: str = Field(default="/", min_length=1, max_length=1024)
     tcp_ports: dict[str, PortSpec] = Field(default_factory=dict)
     udp_ports: dict[str, PortSpec] = Field(default_factory=dict)
+    #: Secondary HTTP services on their own domains: kept, not routed by boxtasks.
+    http_ports: dict[str, Any] = Field(default_factory=dict)
     addons: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: Bytes the app needs at least; 0: the platform default.
     memory_limit: int = Field(default=0, ge=0)
@@ -83,11 +132,30 @@ class Manifest(_Model):
             raise ValueError("must be a semantic version, like '1.2.3'")
         return value
 
-    @field_validator("image")
+    @field_validator("manifest_version")
     @classmethod
-    def _image_ref(cls, value: str) -> str:
-        if not IMAGE_REF.fullmatch(value):
+    def _format_version(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError(
+                "1 is the retired manifest format, which this server does not read: "
+                f"port the manifest to manifestVersion {MANIFEST_VERSION}"
+            )
+        if value != MANIFEST_VERSION:
+            raise ValueError(f"this server reads manifestVersion {MANIFEST_VERSION}, not {value}")
+        return value
+
+    @field_validator("docker_image")
+    @classmethod
+    def _image_ref(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_REF.fullmatch(value):
             raise ValueError("must be a Docker image reference, like 'registry.example.com/app:1.2.3'")
+        return value
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be a URL path, like '/' or '/health'")
         return value
 
     @field_validator("tcp_ports", "udp_ports")
@@ -100,10 +168,10 @@ class Manifest(_Model):
 
     @field_validator("addons")
     @classmethod
-    def _known_addons(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        unknown = sorted(set(value) - set(ADDONS))
-        if unknown:
-            raise ValueError(f"unknown addon(s) {', '.join(unknown)}; supported: {', '.join(ADDONS)}")
+    def _addon_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        bad = sorted(name for name in value if not ADDON_NAME.fullmatch(name))
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} is not an addon name")
         return value
 
     @model_validator(mode="after")
@@ -112,6 +180,17 @@ class Manifest(_Model):
         if both:
             raise ValueError(f"env var(s) {', '.join(both)} declared in both tcpPorts and udpPorts")
         return self
+
+    @property
+    def image(self) -> str:
+        """The image to run; the front door refuses a manifest stored without one, so this is a guard."""
+        if self.docker_image is None:
+            raise ManifestError(f"manifest of {self.id} {self.version} names no dockerImage: {NO_IMAGE_FIX}")
+        return self.docker_image
+
+    def unknown_fields(self) -> list[str]:
+        """Top-level keys the format's reference does not name (kept, and acted on by nothing)."""
+        return sorted(set(self.model_extra or {}) - DOCUMENTED_FIELDS)
 
     def port_spec(self, env_var: str) -> tuple[Protocol, PortSpec] | None:
         """The declared ports behind `env_var` and their protocol, or None when undeclared."""
@@ -125,12 +204,32 @@ class Manifest(_Model):
         return sorted([*self.tcp_ports, *self.udp_ports])
 
 
+NO_IMAGE_FIX = 'give one: --image (CLI) or "image" in the request body (API)'
+
+
+def with_image(document: Mapping[str, Any], image: str | None) -> dict[str, Any]:
+    """The manifest as stored: `dockerImage` is the installer's image when given, else the manifest's own.
+
+    One of them is required (ManifestError naming both ways to give it).
+    """
+    stored = dict(document)
+    if image is not None:
+        stored["dockerImage"] = image
+    if not stored.get("dockerImage"):
+        parse_manifest(stored)  # a manifest with other faults: name those first
+        raise ManifestError(f"no image to run: the manifest has no dockerImage; {NO_IMAGE_FIX}")
+    return stored
+
+
 def describe_validation(err: ValidationError, *, prefix: str = "") -> str:
     """Every error of `err` on one line each: `path: message`."""
     lines = []
     for item in err.errors():
         path = ".".join(str(part) for part in item["loc"]) or "(document)"
         message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "missing":
+            last = str(item["loc"][-1]) if item["loc"] else ""
+            message = f"missing: {_MISSING[last]}" if last in _MISSING else "missing: this field is required"
         lines.append(f"{prefix}{path}: {message}")
     return "; ".join(lines)
 
@@ -164,6 +263,9 @@ def parse_manifest(document: object) -> Manifest:
         return document
     if not isinstance(document, str | bytes):
         check_depth(document, what="the manifest")
+        if isinstance(document, Mapping) and "image" in document and "dockerImage" not in document:
+            # Stored by boxtasks before it read the format's own name: apps, backups and archives keep it.
+            document = {("dockerImage" if k == "image" else k): v for k, v in document.items()}
     try:
         if isinstance(document, str | bytes):
             return Manifest.model_validate_json(document)

@@ -30,10 +30,14 @@ class _Options(BaseModel):
 
 
 class InstallOptions(_Options):
+    """`image` names the image when the manifest has no `dockerImage` (or overrides it); `ports`
+    maps an env var to a host port, or to None to leave a port bound by default unbound."""
+
     manifest: dict[str, Any]
+    image: StrictStr | None = Field(default=None, min_length=1, max_length=512)
     location: StrictStr = Field(max_length=255)
     app_store_id: StrictStr = Field(default="", max_length=255)
-    ports: dict[str, StrictInt] = Field(default_factory=dict)
+    ports: dict[str, StrictInt | None] = Field(default_factory=dict)
     cpu_shares: StrictInt | None = None
     cpu_quota: StrictInt | None = None
     memory_limit: StrictInt | None = None
@@ -103,9 +107,10 @@ class CloneOptions(_Options):
 
 
 class UpdateOptions(_Options):
-    """The new manifest; `force` skips the backup taken first."""
+    """The new manifest (and its image, as install takes it); `force` skips the backup taken first."""
 
     manifest: dict[str, Any]
+    image: StrictStr | None = Field(default=None, min_length=1, max_length=512)
     force: bool = False
 
 

@@ -77,10 +77,31 @@ class Binding:
         return f"{span}/{self.type} ({self.env_var})"
 
 
+def new_app_ports(manifest: Manifest, given: Mapping[str, object]) -> dict[str, object]:
+    """The host ports a new app asks for: every declared port, and whatever undeclared name was given.
+
+    A port the installer names gets that host port (None: left unbound); one left out gets its
+    `defaultValue` when it is enabled by default, else stays unbound (None). The result names every
+    declared port, so applying this again (the task, a retry) changes nothing.
+    """
+    wanted: dict[str, object] = {}
+    for env_var in manifest.declared_ports():
+        found = manifest.port_spec(env_var)
+        assert found is not None
+        spec = found[1]
+        if env_var in given:
+            wanted[env_var] = given[env_var]
+        else:
+            wanted[env_var] = spec.default_value if spec.enabled_by_default else None
+    wanted.update({k: v for k, v in given.items() if k not in wanted})
+    return wanted
+
+
 def check_ports(manifest: Manifest, ports: Mapping[str, object]) -> list[Binding]:
     """Turn the API's `ports` into bindings, or refuse with every reason at once (PortError).
 
-    A declared env var left out of `ports` is simply not exposed.
+    A declared env var left out of `ports`, or given as None, is not exposed (a new app's defaults
+    are filled in before, by `new_app_ports`).
     """
     problems: list[str] = []
     bindings: list[Binding] = []
@@ -90,10 +111,18 @@ def check_ports(manifest: Manifest, ports: Mapping[str, object]) -> list[Binding
             declared = ", ".join(manifest.declared_ports()) or "none"
             problems.append(f"{env_var}: the manifest declares no such port (declared: {declared})")
             continue
+        if value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool):
             problems.append(f"{env_var}: host port must be an integer, got {value!r}")
             continue
         proto, spec = found
+        if spec.read_only and value != spec.default_value:
+            problems.append(
+                f"{env_var}: the manifest fixes this port at {spec.default_value} (readOnly); "
+                f"give {spec.default_value} or leave it out"
+            )
+            continue
         last = value + spec.port_count - 1
         reserved = [p for p in range(value, last + 1) if p in RESERVED_PORTS]
         if reserved:

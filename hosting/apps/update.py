@@ -22,8 +22,9 @@ from sqlalchemy import update
 from hosting.apps import addons, databases, ports, steps
 from hosting.apps import docker_engine as de
 from hosting.apps import state as appstate
+from hosting.apps.capabilities import check_addons
 from hosting.apps.container import create_kwargs
-from hosting.apps.manifest import parse_manifest
+from hosting.apps.manifest import parse_manifest, with_image
 from hosting.apps.options import UpdateOptions, check_app_id, parse
 from hosting.apps.state import RunState
 from hosting.backups.appbackup import create_app_backup
@@ -45,8 +46,9 @@ def update_app(ctx: TaskContext, app_id: str, *, box: Box | None = None, **optio
     box = resolve(box)
     check_app_id(app_id)
     opts = parse(UpdateOptions, "update", options)
-    new = parse_manifest(opts.manifest)
-    databases.check_provided(new, box.settings)
+    stored = with_image(opts.manifest, opts.image)
+    new = parse_manifest(stored)
+    check_addons(new, box.settings)
     with ctx.fenced() as conn:
         app = steps.load(conn, app_id)
         bound = ports.bindings_of(conn, app_id, parse_manifest(app.manifest))
@@ -86,9 +88,7 @@ def update_app(ctx: TaskContext, app_id: str, *, box: Box | None = None, **optio
         ctx.progress(85, "Recording the new version")
         with ctx.fenced() as conn:
             conn.execute(
-                update(App)
-                .where(App.id == app_id)
-                .values(manifest=dict(opts.manifest), version=new.version, container_id=fresh)
+                update(App).where(App.id == app_id).values(manifest=stored, version=new.version, container_id=fresh)
             )
             addons.set_up(conn, app_id=app_id, location=app.location, manifest=new, settings=box.settings)
             appstate.succeed(conn, app_id, "update")

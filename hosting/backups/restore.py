@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from config.filemodes import private_dir
 from hosting.apps import addons, databases, ports, steps
 from hosting.apps import state as appstate
+from hosting.apps.capabilities import check_addons
 from hosting.apps.manifest import Manifest, parse_manifest
 from hosting.apps.options import CloneOptions, RestoreOptions, check_app_id, check_env, check_location, parse
 from hosting.apps.resources import check_limits
@@ -116,7 +117,7 @@ def _create_from(
         if not config.manifest:
             raise BackupError(f"backup {bid} holds no app config (made by an older version): it cannot make a new app")
         manifest = parse_manifest(config.manifest)
-        databases.check_provided(manifest, box.settings)
+        check_addons(manifest, box.settings)
         location = check_location(location if location is not None else config.location)
         if wanted_ports is None:
             wanted_ports = dict(config.ports) if op == "restore" else {}

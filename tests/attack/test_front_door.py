@@ -33,7 +33,7 @@ __all__ = ["kit"]  # the fixture, for the tests of the task's side
 MANIFEST: dict[str, Any] = {
     "id": "io.example.app",
     "version": "1.0.0",
-    "image": "busybox:latest",
+    "dockerImage": "busybox:latest",
     "httpPort": 8080,
     "tcpPorts": {"SSH_PORT": {"title": "ssh", "containerPort": 22}},
 }
@@ -313,7 +313,7 @@ def test_a_trailing_newline_is_refused_everywhere(stack: Stack, tmp_path: Path) 
     i = "/api/v1/apps/install"
     _refused(stack, i, _install("blog\n"), 422, "bad location")
     _refused(stack, i, _install("nl", env={"FOO\n": "x"}), 422, "not an env var name")
-    for field, value in (("id", "io.example.app\n"), ("version", "1.0.0\n"), ("image", "busybox\n")):
+    for field, value in (("id", "io.example.app\n"), ("version", "1.0.0\n"), ("dockerImage", "busybox\n")):
         _refused(stack, i, {"manifest": {**MANIFEST, field: value}, "location": "nl"}, 422, f"manifest: {field}")
     newline_port = {**MANIFEST, "tcpPorts": {"SSH_PORT\n": {"title": "ssh"}}}
     _refused(stack, i, {"manifest": newline_port, "location": "nl"}, 422, "not an env var name")

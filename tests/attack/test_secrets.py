@@ -36,7 +36,7 @@ from tests.services import fresh_database
 
 __all__ = ["e2e_env", "start_worker"]  # the fixtures, imported for this module
 
-MANIFEST = {"id": "io.example.secret", "version": "1.0.0", "image": "busybox:latest", "httpPort": 8080}
+MANIFEST = {"id": "io.example.secret", "version": "1.0.0", "dockerImage": "busybox:latest", "httpPort": 8080}
 #: Every read route, by path template ({app}, {task}, {backup} filled in per test).
 READ_ROUTES = (
     "/api/v1/apps",

@@ -113,7 +113,12 @@ def _api_runs_a_task(base: str, data_dir: Path, log: Path) -> None:
                 app_store_id="io.example.app",
                 version="1.0.0",
                 location="run1",
-                manifest={"id": "io.example.app", "version": "1.0.0", "image": "busybox:latest", "httpPort": 8080},
+                manifest={
+                    "id": "io.example.app",
+                    "version": "1.0.0",
+                    "dockerImage": "busybox:latest",
+                    "httpPort": 8080,
+                },
                 installation_state="installed",
                 run_state="running",
                 cpu_shares=512,

@@ -38,7 +38,7 @@ from tests.e2e.harness import Env
 MANIFEST = {
     "id": "io.example.app",
     "version": "1.0.0",
-    "image": "busybox:latest",
+    "dockerImage": "busybox:latest",
     "httpPort": 8080,
     "tcpPorts": {"SSH_PORT": {"title": "ssh", "containerPort": 22}},
 }

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from hosting import (
+    AddonNotProvidedError,
     ImageError,
     InstallState,
     LocationConflictError,
@@ -20,7 +21,7 @@ from hosting import (
 from hosting.apps import lifecycle
 from hosting.apps import state as appstate
 from models import AppAddon, PortBinding, PortReservation
-from tests.appkit import MIB, Kit, kit, manifest, new_app_id, run_threads
+from tests.appkit import MIB, Kit, free_port, kit, manifest, new_app_id, run_threads
 
 pytestmark = [pytest.mark.docker, pytest.mark.mariadb]
 __all__ = ["kit"]  # the fixture, imported for this module
@@ -109,6 +110,29 @@ def test_install_applies_ports_resources_env_addons_then_uninstall_removes_all(k
     kit.run(lifecycle.uninstall, app_id)
     assert kit.leftovers(app_id) == dict.fromkeys(kit.leftovers(app_id), 0)
     assert [e.source["appId"] for e in kit.events("app.uninstall")].count(app_id) == 1
+
+
+def test_a_packagers_manifest_runs_the_installers_image_on_its_default_ports(kit: Kit) -> None:
+    """No dockerImage (a packager's file): the installer's image; ports left out take their defaultValue."""
+    app_id, game, voice = new_app_id(), free_port(), free_port()
+    doc = {k: v for k, v in manifest("unused").items() if k != "dockerImage"}
+    doc["manifestVersion"] = 2
+    doc["postInstallMessage"] = "kept, and shown back"
+    doc["tcpPorts"] = {
+        "GAME_PORT": {"title": "game", "containerPort": 7777, "defaultValue": game},
+        "RCON_PORT": {"title": "rcon", "containerPort": 7778, "defaultValue": free_port(), "enabledByDefault": False},
+    }
+    doc["udpPorts"] = {"VOICE_PORT": {"title": "voice", "containerPort": 9987, "defaultValue": voice}}
+    result = kit.run(lifecycle.install, app_id, manifest=doc, image=kit.dockerd.image, location=app_id)
+    assert result["ports"] == {"GAME_PORT": game, "VOICE_PORT": voice}
+    info = kit.inspect(str(result["containerId"]))
+    assert info["Config"]["Image"] == kit.dockerd.image
+    bound = {k: v[0]["HostPort"] for k, v in info["HostConfig"]["PortBindings"].items()}
+    assert bound == {"7777/tcp": str(game), "9987/udp": str(voice)}
+    stored = kit.app(app_id)
+    assert stored is not None and stored.manifest == {**doc, "dockerImage": kit.dockerd.image}
+    kit.run(lifecycle.uninstall, app_id)
+    assert kit.leftovers(app_id) == dict.fromkeys(kit.leftovers(app_id), 0)
 
 
 def test_recvmail_is_set_up_where_the_server_receives_mail(kit: Kit) -> None:
@@ -261,8 +285,16 @@ def test_failed_install_leaves_error_and_is_reissued_after_the_image_is_made(kit
         (
             {"manifest": {"id": "Not_Reverse", "httpPort": 0}},
             ManifestError,
-            r"invalid manifest: id: must be a reverse-domain.*image: Field required; httpPort: .*greater than",
+            r"invalid manifest: id: must be a reverse-domain.*version: missing.*httpPort: .*greater than",
         ),
+        # The task checks again what the front door checked (the box may have changed in between).
+        (
+            {"manifest": {**manifest("busybox"), "addons": {"localstorage": {}, "ldap": {}, "oidc": {}}}},
+            AddonNotProvidedError,
+            r"io.boxtasks.testapp needs addon\(s\) this server does not provide: ldap, oidc \(provided: ",
+        ),
+        ({"manifest": {**manifest("x"), "dockerImage": None}}, ManifestError, "no image to run"),
+        ({"ports": {"SSH_PORT": None, "RANGE_PORT": 45010}, "image": "Bad Image"}, ManifestError, "dockerImage: must"),
         ({"ports": {"SSH_PORT": 22}}, PortError, "port 22 is reserved for SSH"),
         ({"ports": {"SSH_PORT": 1000}}, PortError, "host port 1000 is outside 1024-65535"),
         ({"ports": {"RANGE_PORT": 65534}}, PortError, r"65534-65536 \(3 ports\) is outside"),

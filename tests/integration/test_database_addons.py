@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from config import Settings, load_settings
-from hosting import AddonError, AddonNotProvidedError
+from hosting import AddonNotProvidedError, AddonServerError
 from hosting.apps import addons, databases
 from hosting.apps.manifest import parse_manifest
 from models import App, AppAddon
@@ -342,7 +342,7 @@ def test_a_server_that_refuses_says_so_without_any_password(box: Box, tmp_path: 
     with box.engine.begin() as conn:
         databases.set_up(conn, app_id=app_id, manifest=parse_manifest(_manifest("mysql")), settings=wrong)
     app_pw = box.configs(app_id)["mysql"]["password"]
-    with pytest.raises(AddonError) as refused:
+    with pytest.raises(AddonServerError) as refused:
         databases.provision(wrong, box.configs(app_id))
     assert "refused to make database" in str(refused.value)
     assert admin_pw not in str(refused.value) and app_pw not in str(refused.value)

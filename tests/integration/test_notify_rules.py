@@ -152,7 +152,7 @@ def test_app_backup_task_runs_are_counted_by_the_backup_operation(
             insert(App).values(
                 id=app_id,
                 app_store_id="io.example.bk",
-                manifest={"id": "io.example.bk", "version": "1.0.0", "image": "busybox", "httpPort": 80},
+                manifest={"id": "io.example.bk", "version": "1.0.0", "dockerImage": "busybox", "httpPort": 80},
                 version="1.0.0",
                 location=app_id,
                 installation_state="installed",
@@ -273,7 +273,7 @@ def test_an_interrupted_task_is_news_naming_the_task_and_the_app_state(
             insert(App).values(
                 id=app_id,
                 app_store_id="io.example.int",
-                manifest={"id": "io.example.int", "version": "1.0.0", "image": "busybox", "httpPort": 80},
+                manifest={"id": "io.example.int", "version": "1.0.0", "dockerImage": "busybox", "httpPort": 80},
                 version="1.0.0",
                 location=app_id,
                 installation_state="pending_configure",

@@ -24,7 +24,7 @@ from tests.apiserver import running_api
 from tests.cli_run import boxtasks
 from tests.e2e.harness import Env
 
-MANIFEST = {"id": "io.example.retry", "version": "1.0.0", "image": "busybox:latest", "httpPort": 8080}
+MANIFEST = {"id": "io.example.retry", "version": "1.0.0", "dockerImage": "busybox:latest", "httpPort": 8080}
 _ACTIVE = ("queued", "waiting", "running")
 
 

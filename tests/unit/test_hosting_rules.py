@@ -23,7 +23,7 @@ def _manifest(**overrides: object):
     doc: dict[str, object] = {
         "id": "io.example.app",
         "version": "2.0.0",
-        "image": "registry.example.com/app:2.0.0",
+        "dockerImage": "registry.example.com/app:2.0.0",
         "httpPort": 8000,
         "tcpPorts": {"SSH_PORT": {"title": "SSH", "containerPort": 22}, "GAME": {"title": "g", "portCount": 10}},
         "udpPorts": {"DNS_PORT": {"title": "DNS", "containerPort": 53}},
@@ -44,10 +44,10 @@ def test_manifest_defaults_and_json() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"image": "Not An Image"}, "image: must be a Docker image reference"),
+        ({"dockerImage": "Not An Image"}, "dockerImage: must be a Docker image reference"),
         ({"version": "v1"}, "version: must be a semantic version"),
         ({"httpPort": 70000}, "httpPort: Input should be less than or equal to 65535"),
-        ({"addons": {"mongodb": {}}}, "unknown addon(s) mongodb; supported: localstorage, mysql, postgresql"),
+        ({"addons": {"no such": {}}}, "addons: 'no such' is not an addon name"),
         ({"tcpPorts": {"lower": {"title": "x"}}}, "'lower' is not an env var name"),
         ({"tcpPorts": {"P": {"title": "x", "portCount": 0}}}, "tcpPorts.P.portCount"),
         ({"tcpPorts": {"P": {"title": "x", "containerPort": 65535, "portCount": 2}}}, "passes 65535"),

@@ -39,7 +39,7 @@ from hosting.apps.databases.common import Credentials, name_for, new_password
 from hosting.apps.databases.mysql import MySQLServer
 from hosting.apps.databases.postgresql import PostgreSQLServer
 from hosting.apps.manifest import Manifest
-from hosting.errors import AddonError, AddonNotProvidedError
+from hosting.errors import AddonNotProvidedError, AddonServerError
 from models import AppAddon
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def _server(addon: str, settings: Settings, what: str) -> Server:
         return MySQLServer(settings.mysql_addon_url)
     if addon == POSTGRESQL and settings.postgresql_addon_url:
         return PostgreSQLServer(settings.postgresql_addon_url)
-    raise AddonError(f"cannot {what} the app's {addon} database: {SETTING[addon]} is not set; set it and retry")
+    raise AddonServerError(f"cannot {what} the app's {addon} database: {SETTING[addon]} is not set; set it and retry")
 
 
 def _app_endpoint(addon: str, settings: Settings) -> tuple[str, int]:

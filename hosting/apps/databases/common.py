@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from hosting.errors import AddonError
+from hosting.errors import AddonServerError
 from models.secrets import scrub
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def name_for(app_id: str) -> str:
 
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
-        raise AddonError(f"refusing database name {name!r}: not one the platform makes ({NAME.pattern})")
+        raise AddonServerError(f"refusing database name {name!r}: not one the platform makes ({NAME.pattern})")
     return name
 
 
@@ -89,7 +89,7 @@ def pipe(
     hide: tuple[str, ...] = (),
     what: str,
 ) -> None:
-    """Run `dump | load`, each line through `rewrite`; a failure of either is an AddonError with its stderr.
+    """Run `dump | load`, each line through `rewrite`; a failure of either is an AddonServerError with its stderr.
 
     Either end may be a file instead of a command (a dump kept in a backup, made private: 0600).
     Passwords go in the environment or a private file, never on a command line; `hide` are scrubbed
@@ -130,7 +130,7 @@ def pipe(
         codes = [(proc.wait(), tool, err) for proc, tool, err in running]
         for code, tool, err_file in codes:
             if code != 0:
-                raise AddonError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
+                raise AddonServerError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
 
 
 def _start(
@@ -140,7 +140,7 @@ def _start(
     try:
         proc = subprocess.Popen(cmd, stderr=err_file, env=dict(env or {}), **pipes)
     except OSError as err:
-        raise AddonError(f"cannot {what}: {cmd[0]} cannot run ({err.strerror}); install it") from err
+        raise AddonServerError(f"cannot {what}: {cmd[0]} cannot run ({err.strerror}); install it") from err
     return proc, cmd[0], err_file
 
 

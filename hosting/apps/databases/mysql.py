@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from hosting.apps.databases.common import Credentials, check_name, pipe
-from hosting.errors import AddonError
+from hosting.errors import AddonServerError
 from models.secrets import describe_db_error
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class MySQLServer:
             with engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as err:
-            raise AddonError(
+            raise AddonServerError(
                 f"MySQL server {self.url.host}:{self.url.port or 3306} refused to {what}: {describe_db_error(err)}"
             ) from err
         finally:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL, make_url
 
 from hosting.apps.databases.common import Credentials, check_name, new_password, pipe
-from hosting.errors import AddonError
+from hosting.errors import AddonServerError
 from models.secrets import describe_db_error
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class PostgreSQLServer:
             ) as conn:
                 yield conn
         except psycopg.Error as err:
-            raise AddonError(
+            raise AddonServerError(
                 f"PostgreSQL server {self.host}:{self.port} refused to {what}: {describe_db_error(err)}"
             ) from err
 
@@ -166,5 +166,5 @@ def _psycopg() -> Any:
         module = importlib.import_module("psycopg")
         importlib.import_module("psycopg.sql")
     except ImportError as err:
-        raise AddonError("the postgresql addon needs psycopg: pip install 'boxtasks[postgres]'") from err
+        raise AddonServerError("the postgresql addon needs psycopg: pip install 'boxtasks[postgres]'") from err
     return module
