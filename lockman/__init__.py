@@ -9,6 +9,7 @@ from lockman.errors import (
     LockDeadlockError,
     LockDocumentError,
     LockError,
+    LockFormatError,
     LockLostError,
     LockPlanError,
     LockRowMissingError,
@@ -16,8 +17,8 @@ from lockman.errors import (
     LockTimeoutError,
 )
 from lockman.manager import Grant, LockManager, LockStats
+from lockman.ops import Release, Request
 from lockman.plan import LockSet, Mode, conflicts, lock_set
-from lockman.requests import Release, Request
 from lockman.store import Snapshot
 from lockman.table import Blocker, Decision, Granted, Holder, LockTable, Queued, Waiter
 
@@ -26,6 +27,7 @@ __all__ = [
     "LockDeadlockError",
     "LockDocumentError",
     "LockError",
+    "LockFormatError",
     "LockLostError",
     "LockPlanError",
     "LockRowMissingError",
@@ -44,7 +46,7 @@ __all__ = [
     "LockTable",
     "Queued",
     "Waiter",
-    # the database layer
+    # the database layer and the operations it applies
     "Grant",
     "LockManager",
     "LockStats",

@@ -23,6 +23,20 @@ class LockDocumentError(LockError):
         self.reason = reason
 
 
+class LockFormatError(LockDocumentError):
+    """The row's document is of a newer format: rewriting it would drop what this release does not know."""
+
+    def __init__(self, row_id: str, reason: str) -> None:
+        LockError.__init__(
+            self,
+            f"lock row {row_id!r} holds a lock document this boxtasks release does not fully understand "
+            f"({reason}): a newer release (or a hand edit) wrote it. Upgrade this process; "
+            "it will not overwrite the row.",
+        )
+        self.row_id = row_id
+        self.reason = reason
+
+
 class LockStateError(LockError):
     """A request that contradicts what the owner already holds or waits for."""
 

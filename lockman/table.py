@@ -2,13 +2,16 @@
 
 A document holds the granted locks (holders) and the requests that wait (waiters, FIFO by seq):
 
-    {"holders": [{"owner": "t1", "name": "platform", "mode": "S", "token": 17, "label": "apptask"}],
+    {"v": 1,
+     "holders": [{"owner": "t1", "name": "platform", "mode": "S", "token": 17, "label": "apptask"}],
      "waiters": [{"owner": "t2", "locks": [["platform", "X"]], "seq": 5, "label": "update", "nested": false}],
-     "seq": 5,
-     "answers": {"9f86d081884c7d65": {"granted": 18}}}
+     "seq": 5}
 
-`answers` (absent when empty) carries the replies to requests that waiting writers posted and the
-row's writer applied for them (`lockman.requests`); every transition keeps it as it is.
+`v` is the format (absent: 1). Two releases may share the row during an upgrade, so a reader refuses
+a higher format, or a field it does not know anywhere (`LockFormatError`): rewriting would drop what
+a newer release put there. A release that adds a field raises `FORMAT`. Only `answers`, left by the
+release that let waiting writers post requests, is dropped: such a writer, finding no answer,
+applies its own request again, which changes nothing (acquire and release are idempotent).
 
 Rules kept here (DESIGN.md "Locks"):
 
@@ -29,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from lockman.errors import LockDeadlockError, LockDocumentError, LockStateError
+from lockman.errors import LockDeadlockError, LockDocumentError, LockFormatError, LockStateError
 from lockman.plan import LockSet, Mode, check_name, conflicts, covers, lock_set, parse_mode
 
 
@@ -97,8 +100,6 @@ class LockTable:
     holders: tuple[Holder, ...] = ()
     waiters: tuple[Waiter, ...] = ()
     seq: int = 0
-    #: Replies to posted requests, by each request's answer key, until their requests are gone.
-    answers: Mapping[str, Any] = field(default_factory=dict)
     _by_name: dict[str, tuple[Holder, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -212,10 +213,6 @@ class LockTable:
             waiters = tuple(replace(w, nested=False) if w.owner == owner else w for w in waiters)
         return replace(self, holders=kept, waiters=waiters), gone
 
-    def with_answers(self, answers: Mapping[str, Any]) -> LockTable:
-        """The same locks, with these replies to posted requests (and no others)."""
-        return replace(self, answers=dict(answers))
-
     def withdraw(self, owner: str) -> LockTable:
         """Remove the owner's waiter entry, if any."""
         return self._without_waiter(owner)
@@ -271,7 +268,8 @@ class LockTable:
     # ----------------------------------------------------------------- JSON
 
     def to_json(self) -> dict[str, Any]:
-        doc = {
+        return {
+            "v": FORMAT,
             "holders": [
                 {"owner": h.owner, "name": h.name, "mode": h.mode.value, "token": h.token, "label": h.label}
                 for h in self.holders
@@ -288,26 +286,46 @@ class LockTable:
             ],
             "seq": self.seq,
         }
-        if self.answers:
-            doc["answers"] = dict(self.answers)
-        return doc
 
     @classmethod
     def from_json(cls, data: object, *, row_id: str) -> LockTable:
-        """Parse a stored document; anything unexpected raises LockDocumentError naming the row."""
+        """Parse a stored document; a newer format raises LockFormatError, anything else unexpected
+        LockDocumentError, each naming the row."""
         try:
             if not isinstance(data, Mapping):
                 raise TypeError(f"expected an object, got {type(data).__name__}")
-            holders = tuple(_holder(h) for h in data["holders"])
-            waiters = tuple(_waiter(w) for w in data["waiters"])
+            _check_format(data, row_id)
+            holders = tuple(_holder(h, row_id) for h in data["holders"])
+            waiters = tuple(_waiter(w, row_id) for w in data["waiters"])
             seq = _int(data["seq"])
-            answers = data.get("answers", {})
-            if not isinstance(answers, Mapping) or not all(isinstance(k, str) for k in answers):
-                raise TypeError(f"answers: expected an object keyed by answer key, got {answers!r:.80}")
         except (KeyError, TypeError, ValueError) as err:
             raise LockDocumentError(row_id, f"{type(err).__name__}: {err}") from err
         _check_consistent(holders, waiters, seq, row_id)
-        return cls(holders, waiters, seq, answers)
+        return cls(holders, waiters, seq)
+
+
+#: The document format this release writes and understands, and the fields of each part of it.
+FORMAT = 1
+_TOP_KEYS = frozenset({"v", "holders", "waiters", "seq", "answers"})
+_HOLDER_KEYS = frozenset({"owner", "name", "mode", "token", "label"})
+_WAITER_KEYS = frozenset({"owner", "locks", "seq", "label", "nested"})
+
+
+def _check_format(data: Mapping[str, Any], row_id: str) -> None:
+    version = data.get("v", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TypeError(f"v: expected a format number, got {version!r:.40}")
+    if version > FORMAT:
+        raise LockFormatError(row_id, f"format {version}, this release knows up to {FORMAT}")
+    _known_keys(data, _TOP_KEYS, "the document", row_id)
+
+
+def _known_keys(entry: Mapping[str, Any], known: frozenset[str], where: str, row_id: str) -> None:
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"{where}: expected an object, got {type(entry).__name__}")
+    if not known.issuperset(entry):
+        unknown = sorted(str(k) for k in entry if k not in known)
+        raise LockFormatError(row_id, f"unknown field(s) {', '.join(unknown)} in {where}")
 
 
 #: Entries parsed lately, by their stored fields. A document changes by one or two entries per
@@ -318,7 +336,8 @@ _PARSED_WAITERS: dict[tuple[Any, ...], Waiter] = {}
 _PARSED_MAX = 4096
 
 
-def _holder(h: Mapping[str, Any]) -> Holder:
+def _holder(h: Mapping[str, Any], row_id: str) -> Holder:
+    _known_keys(h, _HOLDER_KEYS, "a holder entry", row_id)
     key = (h["owner"], h["name"], h["mode"], _int(h["token"]), h.get("label", ""))
     try:
         return _PARSED_HOLDERS[key]
@@ -331,7 +350,8 @@ def _holder(h: Mapping[str, Any]) -> Holder:
     return holder
 
 
-def _waiter(w: Mapping[str, Any]) -> Waiter:
+def _waiter(w: Mapping[str, Any], row_id: str) -> Waiter:
+    _known_keys(w, _WAITER_KEYS, "a waiter entry", row_id)
     pairs = tuple((n, m) for n, m in w["locks"])
     # The integers are checked before the lookup: 1.0 and True are equal to 1 as keys.
     key = (w["owner"], pairs, _int(w["seq"]), w.get("label", ""), bool(w.get("nested", False)))
@@ -386,7 +406,3 @@ def _fmt(locks: LockSet) -> str:
 
 def lockset_to_dict(locks: LockSet) -> dict[str, str]:
     return {n: m.value for n, m in locks}
-
-
-def dict_to_lockset(locks: Mapping[str, str]) -> LockSet:
-    return tuple(sorted((check_name(n), parse_mode(m)) for n, m in locks.items()))

@@ -10,7 +10,7 @@ from models.clock import db_utcnow
 from models.engine import dispose_after_fork, get_engine, make_engine, new_session
 from models.errors import MigrationError, ModelError
 from models.events import Event, Notification
-from models.lock import LockRequest, LockRow
+from models.lock import LockRow
 from models.platform import PlatformState
 from models.task import FINAL_STATES, PROCESSLESS_STATES, Task, TaskGuard, TaskState
 from models.tasklog import TaskLogLine
@@ -28,7 +28,6 @@ __all__ = [
     "Backup",
     "Base",
     "Event",
-    "LockRequest",
     "LockRow",
     "Notification",
     "PlatformState",

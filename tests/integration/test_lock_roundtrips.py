@@ -1,7 +1,6 @@
 """How many round trips the lock manager costs on MariaDB, counted where they leave the process.
 
-The lock row's hot statements run on the DBAPI cursor (not through SQLAlchemy's execution layer),
-so the count is taken at the driver: every request PyMySQL sends (a query, a COMMIT, a ROLLBACK,
+The count is taken at the driver: every request PyMySQL sends (a query, a COMMIT, a ROLLBACK,
 a ping) is one round trip. And `bench/locks.py --json` keeps its shape (no speed is asserted here:
 the machines are noisy).
 """
@@ -11,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,17 +105,19 @@ def test_an_uncontended_acquire_and_release_cost_at_most_four_round_trips(
     assert not any("ROLLBACK" in s or s.startswith("14:") for s in sent), f"a pool reset or ping: {sent}"
 
 
-def test_an_acquire_after_another_writer_costs_at_most_four_round_trips(
+def test_an_acquire_after_another_writer_misses_once_then_takes_the_locked_path(
     wire: Wire, managers: tuple[LockManager, LockManager, str, str]
 ) -> None:
-    """The remembered document is stale: one swap misses, then a read and a swap; the release swaps
-    from memory again."""
+    """The remembered document is stale: its swap misses, and the acquire takes the row in one
+    locked transaction; the release swaps from memory again."""
     first, second, a, b = managers
     pair(first, a)
     pair(second, b)
     sent = wire.count(lambda: pair(first, a))
-    assert len(sent) <= 4, sent
-    assert not any("FOR UPDATE" in s for s in sent), f"no contention, no locked read: {sent}"
+    assert len(sent) == 5, sent
+    assert sent[0].startswith("3:UPDATE locks"), sent
+    assert sent[1].endswith("FOR UPDATE") and sent[2].startswith("3:UPDATE locks"), sent
+    assert sent[3] == "3:COMMIT" and sent[4].startswith("3:UPDATE locks"), sent
 
 
 def test_a_fresh_manager_costs_at_most_four_round_trips(mariadb_url: str, lock_row: str, wire: Wire) -> None:
@@ -134,43 +134,26 @@ def test_a_fresh_manager_costs_at_most_four_round_trips(mariadb_url: str, lock_r
 
 
 def _contended(m: LockManager) -> None:
-    """Make `m` take the queued path: forget the remembered document, and say read-and-swap has
-    been losing (contention, simulated); reopen the pools first so that no handshake is counted."""
-    m.dispose()
-    assert m._posting_works()  # MariaDB: the queued path posts its request (and this opens its pool)
+    """Make `m` take the locked path: forget the remembered document, and say optimistic swaps have
+    been missing (contention, simulated); open the pool first so that no handshake is counted."""
     m._tx.connect().close()
-    m._memory.fresh_risk, m._memory.fresh_at = 1.0, time.monotonic()
+    m._forget()
+    m._memory.miss_rate = 1.0
 
 
-def test_a_queued_write_holds_the_row_lock_for_two_round_trips(
+def test_a_locked_write_is_a_locked_read_the_swap_and_its_commit(
     wire: Wire, managers: tuple[LockManager, LockManager, str, str]
 ) -> None:
-    """Under contention a write posts its request and locks the row in one round trip, then writes
-    the document (with the answers to every pending request), drops its request and commits in one."""
+    """Under contention: SELECT ... FOR UPDATE, compute, UPDATE ... WHERE version, COMMIT."""
     first, _second, a, _b = managers
     _contended(first)
-    queued = first.stats.queued_writes
+    locked = first.stats.locked_writes
     sent = wire.count(lambda: first.try_acquire(a, APPTASK))
-    assert first.stats.queued_writes == queued + 1
-    assert len(sent) == 2, sent
-    assert sent[0].startswith("3:INSERT INTO lock_requests") and sent[0].endswith("END IF; END"), sent
-    assert sent[1].startswith("3:DELETE FROM lock_requests") and sent[1].endswith("; COMMIT"), sent
-    assert "UPDATE locks" in sent[1] and "locks.version =" in sent[1], "the write is still version-checked"
-    first.release(a)
-
-
-def test_without_posting_a_queued_write_is_a_locked_read_then_the_swap_with_its_commit(
-    wire: Wire, managers: tuple[LockManager, LockManager, str, str]
-) -> None:
-    """The queued path where requests cannot be posted (MySQL, or no lock_requests table yet)."""
-    first, _second, a, _b = managers
-    _contended(first)
-    first._can_post = False
-    sent = wire.count(lambda: first.try_acquire(a, APPTASK))
-    assert len(sent) == 2, sent
+    assert first.stats.locked_writes == locked + 1
+    assert len(sent) == 3, sent
     assert sent[0].endswith("FOR UPDATE"), sent
-    assert sent[1].startswith("3:UPDATE locks") and sent[1].endswith("; COMMIT"), sent
-    assert "WHERE locks.id" in sent[1] and "locks.version =" in sent[1], "the write is still version-checked"
+    assert sent[1].startswith("3:UPDATE locks") and "locks.version =" in sent[1], "the write is version-checked"
+    assert sent[2] == "3:COMMIT", sent
     first.release(a)
 
 

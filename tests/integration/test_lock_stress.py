@@ -277,9 +277,6 @@ def test_a_storm_of_writers_loses_no_entry(db_url: str, lock_row: str, tmp_path:
     assert snap.table.waiters == ()
     writes = sum(r["writes"] for r in reports)
     assert writes > 10 * procs, f"too little happened to prove anything: {writes} writes"
-    # A posted request (MariaDB) is written by the writer ahead of it, in that writer's one write.
-    applied = sum(r["stats"]["applied_for_others"] for r in reports)
-    assert applied == sum(r["stats"]["answered_for_us"] for r in reports), "every answer was picked up"
-    assert snap.version - start_version == writes - applied, "each grant and release is in exactly one write"
-    conflicts = sum(r["stats"]["cas_conflicts"] + r["stats"]["queued_writes"] for r in reports)
+    assert snap.version - start_version == writes, "each grant and release is in exactly one write"
+    conflicts = sum(r["stats"]["cas_conflicts"] + r["stats"]["locked_writes"] for r in reports)
     assert conflicts > 0, "no writer ever raced another: the storm proved nothing"

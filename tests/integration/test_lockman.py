@@ -17,6 +17,7 @@ from lockman import (
     Grant,
     Granted,
     LockDocumentError,
+    LockFormatError,
     LockLostError,
     LockManager,
     LockRowMissingError,
@@ -454,6 +455,34 @@ def test_a_hand_edited_row_is_refused_and_left_alone(steady: LockManager, engine
         assert info.value.row_id == steady.row_id, name
         assert repr(steady.row_id) in str(info.value), name
     assert raw_row(engine, steady.row_id) == before, "the damaged row was overwritten"
+
+
+@pytest.mark.parametrize("path", ["optimistic", "locked"])
+def test_a_document_of_a_newer_release_is_refused_and_left_alone(
+    steady: LockManager, engine: Engine, path: str
+) -> None:
+    """Two releases on one row during an upgrade: this one, having written the row last (so it would
+    swap from memory), finds a newer format there, or a field it does not know, and refuses."""
+    a = add_owner(engine)
+    assert isinstance(steady.try_acquire(a, APPTASK_A), Granted)
+    doc, version = raw_row(engine, steady.row_id)
+    newer = [
+        {**doc, "v": 2},
+        {**doc, "leases": {a: 30}},
+        {**doc, "holders": [{**h, "expires": "2026-12-08T00:00:00"} for h in doc["holders"]]},
+    ]
+    for written in newer:
+        version += 1
+        with engine.begin() as conn:
+            conn.execute(update(LockRow).where(LockRow.id == steady.row_id).values(data=written, version=version))
+        if path == "locked":
+            steady._forget()
+            steady._memory.miss_rate = 1.0
+        for operation in (lambda: steady.release(a), lambda: steady.try_acquire(a, {"app:b": "X"}), steady.sweep):
+            with pytest.raises(LockFormatError, match="newer release") as info:
+                operation()
+            assert info.value.row_id == steady.row_id
+        assert raw_row(engine, steady.row_id) == (written, version), "the newer document was overwritten"
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
