@@ -64,8 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # kombu warns "No hostname was supplied" for every filesystem:// connection (the embedded default).
-    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     handler: Handler = args.handler

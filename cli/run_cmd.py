@@ -110,12 +110,14 @@ def run(args: argparse.Namespace) -> int:
         service.proc = subprocess.Popen(service.argv, env=env, start_new_session=True)
     token_where = f"admin token in {token_file}" if token_file else "tokens from `boxtasks token create`"
     where = f"password in {password_file}" if password_file else "password from BOXTASKS_FLOWER_PASSWORD"
+    api = f"http://{settings.api_address}:{settings.api_port}"
     sys.stdout.write(
         f"boxtasks is running on {settings.effective_database_url.split('@')[-1]} "
         f"with broker {settings.effective_broker_url.split('@')[-1]}\n"
         f"  Flower:  http://{settings.flower_address}:{settings.flower_port}/  (user {settings.flower_user}, {where})\n"
-        f"  API:     http://{settings.api_address}:{settings.api_port}/api/v1/  ({token_where}; "
-        f"docs at /api/v1/docs, metrics at /metrics)\n"
+        f"  API:     {api}/api/v1/  ({token_where})\n"
+        f"  Docs:    {api}/api/v1/docs\n"
+        f"  Metrics: {api}/metrics\n"
         "  Stop:    Ctrl-C\n"
     )
     sys.stdout.flush()

@@ -43,6 +43,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
         if name == "stop":
             p.add_argument("--no-wait", action="store_true", help="send SIGTERM and return at once")
+        if name == "show":
+            p.add_argument("--traceback", action="store_true", help="the whole error (a traceback), not its last line")
         p.set_defaults(handler=handler)
 
     lg = tsub.add_parser(
@@ -80,13 +82,22 @@ def show(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{key + ':':<12} {fields[key] if fields[key] is not None else '-'}\n")
     for key in ("started_at", "finished_at"):
         sys.stdout.write(f"{key + ':':<12} {fields[key] or '-'}\n")
+    if row.waited_seconds is not None:
+        before = "its work began" if row.started_at else "it ended"
+        sys.stdout.write(f"{'waited:':<12} {row.waited_seconds:.1f}s before {before} (queued, waiting for locks)\n")
     sys.stdout.write(f"{'args:':<12} {json.dumps(row.args)}\n")
     if row.locks:
         sys.stdout.write(f"{'locks:':<12} {json.dumps(row.locks)}\n")
     if row.result is not None:
         sys.stdout.write(f"{'result:':<12} {json.dumps(row.result)}\n")
-    if row.error:
+    if row.error and args.traceback:
         sys.stdout.write(f"error:\n{row.error}\n")
+    elif row.error:
+        sys.stdout.write(f"{'error:':<12} {row.error_summary}\n")
+        more = f"`boxtasks task logs {row.id}`"
+        if row.error.strip() != row.error_summary:
+            more = f"`boxtasks task show {row.id} --traceback`, {more}"
+        sys.stdout.write(f"{'':<12} more: {more}\n")
     return 0
 
 

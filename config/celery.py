@@ -26,6 +26,16 @@ TASK_QUEUES = {
 }
 
 
+def kombu_broker_url(settings: Settings) -> str:
+    """The broker URL as kombu gets it: the embedded `filesystem://` with a host named.
+
+    The filesystem transport ignores the host, but kombu, given none, logs "No hostname was
+    supplied. Reverting to default 'localhost'" for every connection each process makes.
+    """
+    url = settings.effective_broker_url
+    return "filesystem://localhost//" if url == "filesystem://" else url
+
+
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """kombu's options for the broker: the embedded broker's folders, else `BOXTASKS_BROKER_TRANSPORT_OPTIONS`."""
     if settings.effective_broker_url != "filesystem://":
@@ -86,7 +96,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """
     private_dir(settings.resolved_data_dir)
     return {
-        "broker_url": settings.effective_broker_url,
+        "broker_url": kombu_broker_url(settings),
         "broker_transport_options": broker_transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "result_backend": None,

@@ -72,7 +72,34 @@ def task_view(row: Any, known: set[str] | frozenset[str] = frozenset()) -> TaskO
     found = secret_values(out["args"]) | known
     for key in ("args", "result", "error", "message"):
         out[key] = redact(out[key], known=found)
+    out["waited_seconds"] = waited_seconds(m["created_at"], m["started_at"], m["finished_at"])
+    out["error_summary"] = error_summary(out["error"])
     return TaskOut.model_validate(out)
+
+
+def waited_seconds(
+    created: dt.datetime | None, started: dt.datetime | None, finished: dt.datetime | None
+) -> float | None:
+    """How long the task waited before its work began (or before it ended, if it never began).
+
+    Computed from the row's times, so no column keeps it: `started_at` is the claim that got the
+    locks (`models.records`), so this is time queued for a worker plus time waiting for locks.
+    """
+    end = started or finished
+    if created is None or end is None:
+        return None
+    return round(max(0.0, (end - created).total_seconds()), 3)
+
+
+def error_summary(error: str | None) -> str | None:
+    """The error's one line: a traceback's last non-empty line (`ValueError: ...`), else its first."""
+    if not error:
+        return None
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1] if lines[0].startswith("Traceback (most recent call last)") else lines[0]
+    return last[:512]
 
 
 def list_tasks(

@@ -136,10 +136,20 @@ class TaskOut(BaseModel):
     #: The task this one retries (`POST /tasks/{id}/retry`), if any.
     retry_of: str | None = None
     created_at: str | None
-    started_at: str | None
+    started_at: str | None = Field(description="when its work began: the claim that got its locks")
     finished_at: str | None
     heartbeat_at: str | None
     stop_requested_at: str | None
+    waited_seconds: float | None = Field(
+        default=None,
+        description=(
+            "seconds from created_at until its work began (queued for a worker, then waiting for locks), "
+            "or until it ended if it never began; null while it is still queued or waiting"
+        ),
+    )
+    error_summary: str | None = Field(
+        default=None, description="the error's last line (the whole traceback is in `error`)"
+    )
 
 
 class LogEntryOut(BaseModel):

@@ -22,8 +22,10 @@ from sqlalchemy import (
     Row,
     Table,
     bindparam,
+    case,
     func,
     insert,
+    null,
     select,
     update,
 )
@@ -50,6 +52,8 @@ _CLAIM_VALUES = {
     "worker": _param("worker", "worker"),
     "pid": _param("pid", "pid"),
     "heartbeat_at": db_utcnow(),
+    # A task's work begins with the claim that gets its locks: a task that waited had its earlier
+    # claim's time cleared by `to_waiting`; a parked one (which already worked) keeps its own.
     "started_at": func.coalesce(_tasks.c.started_at, db_utcnow()),
     "message": "Starting",
 }
@@ -75,9 +79,13 @@ _TO_WAITING_VALUES = {
     "message": _param("message", "message"),
     "locks": _param("locks", "locks"),
 }
-#: Without and with the checkpoint a parked task resumes from.
+#: Without and with the checkpoint a parked task resumes from. A task that waits before its work
+#: began (no checkpoint saved) has not started: the claim that gets its locks stamps `started_at`.
 _TO_WAITING = {
-    False: _TO_WAITING_BASE.values(**_TO_WAITING_VALUES),
+    False: _TO_WAITING_BASE.values(
+        **_TO_WAITING_VALUES,
+        started_at=case((_tasks.c.checkpoint.is_(None), null()), else_=_tasks.c.started_at),
+    ),
     True: _TO_WAITING_BASE.values(**_TO_WAITING_VALUES, checkpoint=_param("checkpoint", "checkpoint")),
 }
 _FINISH_VALUES = {
@@ -210,8 +218,9 @@ def to_waiting(
     """Give up the process: the task waits for locks, and a release will wake it.
 
     With `checkpoint` the task *parks*: it keeps the locks it holds and, woken, resumes from what
-    `checkpoint` says it has done. False when the row is no longer the running task of this
-    process (`worker`, `pid`).
+    `checkpoint` says it has done. Without it the task's work has not begun: its `started_at` is
+    cleared, and the claim that gets its locks stamps it. False when the row is no longer the
+    running task of this process (`worker`, `pid`).
     """
     values: dict[str, Any] = {
         "task_id": task_id,

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from api.routes import apps, backups, events, locks, platform_routes, tasks
+from api.routes import apps, backups, events, index, locks, platform_routes, tasks
 
-ROUTERS = (apps.router, tasks.router, backups.router, platform_routes.router, locks.router, events.router)
+ROUTERS = (
+    index.router,
+    apps.router,
+    tasks.router,
+    backups.router,
+    platform_routes.router,
+    locks.router,
+    events.router,
+)
 
 __all__ = ["ROUTERS"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import urllib.error
@@ -54,11 +55,24 @@ def test_run_starts_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert _status(url, "wrong") == 401
         assert (tmp_path / "var" / "boxtasks.db").exists()
         _api_runs_a_task(f"http://127.0.0.1:{api_port}", tmp_path / "var", log)
+        _every_printed_url_answers(log, password)
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
     assert code == 0, log.read_text()[-2000:]
+    # The embedded broker's URL names a host: kombu no longer warns of its default at every connection.
+    assert "No hostname was supplied" not in log.read_text()
     assert _processes_with(f"BOXTASKS_DATA_DIR={tmp_path / 'var'}") == []
+
+
+def _every_printed_url_answers(log: Path, password: str) -> None:
+    """Each URL the banner prints answers 200 (Flower with its password; the API's index, docs and
+    metrics as they are: public)."""
+    banner = log.read_text().split("Ctrl-C")[0]
+    urls = re.findall(r"https?://[^\s()]+", banner)
+    assert len(urls) >= 4, banner
+    for url in urls:
+        assert _status(url, password if ":15755" in url else None) == 200, (url, banner)
 
 
 def _processes_with(variable: str) -> list[int]:

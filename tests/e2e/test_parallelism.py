@@ -51,12 +51,16 @@ def test_waiting_task_says_why_and_gives_its_process_back(start_worker: Callable
     second = enqueue("t_app", {"app_id": app, "seconds": 0.1}, app_id=app, queue="apptask")
     waiting = wait_state(second, "waiting")
     assert waiting.message == f"Waiting for t_app (task {first[:8]}…) to release app:{app}"
+    assert waiting.started_at is None, "a worker claimed it, but its work has not begun"
     # Its process is free: a task on another app runs at once on the 2-process worker.
     other = _app()
     third = enqueue("t_app", {"app_id": other, "seconds": 0.1}, app_id=other, queue="apptask")
     wait_state(third, "succeeded", timeout=10)
     assert row(first).state == "running"
     assert _interval(second)[0] >= _interval(first)[1]
+    # Not listed as running while the first task held its app: its work began after that task ended.
+    done, held = row(second), row(first)
+    assert done.started_at is not None and held.finished_at is not None and done.started_at >= held.finished_at
 
 
 def test_fullbackup_does_not_delay_apps_it_is_not_copying(start_worker: Callable[..., Worker]) -> None:

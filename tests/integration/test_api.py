@@ -386,3 +386,40 @@ def test_admin_token_file_in_development_and_none_in_production(env: Env, tmp_pa
     production = load_settings(data_dir=tmp_path / "p", env="production", flower_password="s3cret-flower")
     with pytest.raises(CliError, match="boxtasks token create"):
         admin_token(production)
+
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _documented_get_paths() -> set[str]:
+    """Every GET path README.md and docs/*.md name that has no placeholder, as a full path."""
+    import re
+
+    found: set[str] = set()
+    for page in [_REPO / "README.md", *sorted((_REPO / "docs").glob("*.md"))]:
+        text = page.read_text()
+        found.update(re.findall(r"(/api/v1[^\s`)'\"]*|/metrics\b)", text))
+        for route in re.findall(r"`GET\s+(/[^`\s]*)`", text):
+            path = route.split("?")[0]
+            found.add(path if path.startswith(("/api/v1", "/metrics")) else "/api/v1" + path)
+    return {p.rstrip(".,;:") for p in found if not re.search(r"[{<]", p)}
+
+
+def test_every_url_the_project_names_answers(api: ApiServer) -> None:
+    """The API's own index (public: it names only what the public OpenAPI names), every link in it,
+    and every GET path the README and docs name: none is a 404."""
+    index = api.get("/api/v1/")
+    assert index.status_code == 200, index.text
+    body = index.json()
+    assert api.get("/api/v1").json() == body  # without the slash too (a redirect)
+    assert body["openapi"] == "/api/v1/openapi.json" and body["docs"] == "/api/v1/docs"
+    assert {"tasks", "apps", "backups", "archives", "locks", "eventlog", "notifications"} <= set(body["links"])
+    assert "platform/capabilities" in body["links"]
+    linked = {body["docs"], body["openapi"], body["metrics"], *body["links"].values()}
+    documented = _documented_get_paths()
+    assert {"/api/v1/", "/api/v1/openapi.json", "/api/v1/docs", "/metrics", "/api/v1/tasks"} <= documented
+    read = tokens.create(get_engine(), name="urls", scopes=["read"])[1]  # other tests here drop tokens
+    for path in sorted(linked | documented):
+        answer = api.get(path, read)
+        assert answer.status_code == 200, f"{path}: {answer.status_code} {answer.text[:200]}"
+    assert api.get("/api/v1/tasks").status_code == 401  # the index is public; the data is not

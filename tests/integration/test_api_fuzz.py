@@ -61,9 +61,15 @@ def test_no_server_errors_and_documented_answers(fuzz_schema: Any, fuzz_token: s
     for result in fuzz_schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if mode is GenerationMode.NEGATIVE and not _takes_input(operation.definition.raw):
+                continue  # nothing to get wrong (the public index): no invalid request to make
             _fuzz(operation, mode, headers)
             checked += 1
     assert checked >= 50
+
+
+def _takes_input(definition: dict[str, Any]) -> bool:
+    return any(key in definition for key in ("parameters", "requestBody", "security"))
 
 
 def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ Following tasks run by real workers (task wait/watch/stop): tests/e2e/test_cli_t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -95,6 +96,52 @@ def test_install_prints_the_task_and_lists_it(env: Env, tmp_path: Path) -> None:
     stopped = boxtasks("task", "stop", body["task_id"], "--json")
     assert stopped.json() == {"task_id": body["task_id"], "state": "cancelled"}
     assert boxtasks("task", "wait", body["task_id"]).code == 1
+
+
+def _fails_deep_down(depth: int) -> None:
+    if depth:
+        _fails_deep_down(depth - 1)
+    raise ValueError("port 2222 is taken by app blog")
+
+
+def test_show_of_a_failed_task_prints_the_error_in_one_line_and_where_to_read_more(env: Env) -> None:
+    from lockman import lock_set
+    from models import get_engine, records
+    from tasks.runner import Outcome, Runtime, execute
+
+    engine, manager = get_engine(), LockManager.from_settings()
+    try:
+        rt = Runtime(
+            manager=manager,
+            engine=engine,
+            worker="node@test",
+            pid=4242,
+            lease=dt.timedelta(seconds=30),
+            heartbeat_interval=1.0,
+            wake=lambda ids: None,
+        )
+        task_id = records.create(engine, kind="apptask", queue="apptask", args={"app_id": "a"}, app_id="a")
+        result = execute(rt, task_id, "apptask", lock_set({"app:a": "X"}), lambda ctx: _fails_deep_down(20))
+    finally:
+        manager.dispose()
+    assert result.outcome is Outcome.FAILED
+
+    shown = boxtasks("task", "show", task_id)
+    assert shown.code == 0, shown.err
+    assert "error:       ValueError: port 2222 is taken by app blog\n" in shown.out
+    assert f"`boxtasks task show {task_id} --traceback`" in shown.out
+    assert f"`boxtasks task logs {task_id}`" in shown.out
+    assert "Traceback" not in shown.out and len(shown.out.splitlines()) < 20, shown.out
+
+    full = boxtasks("task", "show", task_id, "--traceback")
+    assert "Traceback (most recent call last)" in full.out and "_fails_deep_down" in full.out
+    assert full.out.rstrip().endswith("ValueError: port 2222 is taken by app blog")
+
+    view = boxtasks("--json", "task", "show", task_id).json()
+    assert (
+        view["error"].startswith("Traceback") and view["error_summary"] == "ValueError: port 2222 is taken by app blog"
+    )
+    assert view["waited_seconds"] is not None and view["waited_seconds"] >= 0
 
 
 def test_refusals_are_one_line_and_non_zero(env: Env, tmp_path: Path) -> None:

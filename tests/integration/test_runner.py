@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, update
 
+from frontdoor.queries import task_view
 from lockman import lock_set
 from models import Task, records
 from tasks.errors import TaskStopped
@@ -59,6 +61,33 @@ def test_blocked_task_waits_with_reason_and_is_woken_on_release(
     assert woken == [second]
     # The wake-up runs it now.
     assert execute(rt, second, "apptask", PLAN, lambda c: "done").outcome is Outcome.SUCCEEDED
+
+
+def test_a_task_that_waited_starts_when_its_locks_are_granted_and_shows_the_wait_apart(
+    runtime: tuple[Runtime, list[str]], engine: Engine
+) -> None:
+    """A restart that waited for its app's backup is not listed as running during that backup."""
+    rt, _ = runtime
+    first, second = _task(engine), _task(engine)
+    seen: dict[str, Any] = {}
+
+    def holder(ctx: RunContext) -> None:
+        seen["second"] = execute(rt, second, "apptask", PLAN, lambda c: pytest.fail("ran while first held"))
+        seen["waiting"] = records.get(engine, second)
+        time.sleep(1.0)  # the first task's work, while the second waits
+
+    assert execute(rt, first, "apptask", PLAN, holder).outcome is Outcome.SUCCEEDED
+    assert seen["second"].outcome is Outcome.WAITING
+    waiting = seen["waiting"]
+    assert waiting.state == "waiting" and waiting.started_at is None, "claimed, then blocked: not started"
+    assert task_view(waiting).waited_seconds is None, "still waiting: the wait is not over"
+    assert execute(rt, second, "apptask", PLAN, lambda c: "done").outcome is Outcome.SUCCEEDED
+    done, held = records.get(engine, second), records.get(engine, first)
+    assert done is not None and held is not None
+    assert done.started_at >= held.finished_at, "its work began once the first task's locks were free"
+    view = task_view(done)
+    assert view.waited_seconds is not None and view.waited_seconds >= 0.9
+    assert view.waited_seconds == pytest.approx((done.started_at - done.created_at).total_seconds(), abs=0.001)
 
 
 def test_failure_and_stop_end_the_task_and_free_its_locks(runtime: tuple[Runtime, list[str]], engine: Engine) -> None:

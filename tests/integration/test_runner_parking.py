@@ -58,6 +58,8 @@ def test_a_busy_app_parks_the_backup_which_keeps_its_locks_and_resumes(
     row = records.get(engine, backup_id)
     assert row is not None and row.state == "waiting" and "app:b" in row.message
     assert row.checkpoint["fullbackup"]["copied"] == ["a", "c"]
+    began = row.started_at
+    assert began is not None, "parked, it has started: its work began before it parked"
     table = rt.manager.snapshot().table
     assert set(table.held_by(backup_id)) == {"task:fullbackup", "platform"}, "parked, it keeps its own plan"
     assert [b.owner for b in table.blockers_of(backup_id)] == [app_task]
@@ -84,6 +86,7 @@ def test_a_busy_app_parks_the_backup_which_keeps_its_locks_and_resumes(
     }
     row = records.get(engine, backup_id)
     assert row is not None and row.state == "succeeded" and row.percent == 100
+    assert row.started_at == began, "woken from parking, its work began when it first ran"
     assert rt.manager.snapshot().table.owners() == set()
     assert woken == []  # nobody else was waiting
 

@@ -34,6 +34,20 @@ def test_defaults_are_the_embedded_database_and_broker(clean_env: Path) -> None:
     assert s.heartbeat_interval == pytest.approx(10.0), "no heartbeat set: a third of the lease"
 
 
+def test_the_embedded_broker_url_names_a_host_so_kombu_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a host kombu logs "No hostname was supplied" for every connection of every process."""
+    from kombu.connection import Connection
+
+    from config.celery import kombu_broker_url
+
+    url = kombu_broker_url(load_settings())
+    with caplog.at_level("WARNING", logger="kombu.connection"):
+        connection = Connection(url)  # type: ignore[no-untyped-call]
+        assert connection.as_uri() == "filesystem://:**@localhost//"
+        connection.release()  # type: ignore[no-untyped-call]
+    assert caplog.records == []
+
+
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BOXTASKS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("BOXTASKS_LOCK_ROW", "staging")
