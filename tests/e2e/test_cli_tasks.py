@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.rabbitmq]
 
 def test_wait_watch_show_list(e2e_env: Env, start_worker: Callable[..., Worker]) -> None:
     start_worker()
-    ok = client.enqueue("t_app", {"app_id": "cli1", "seconds": 1.5}, app_id="cli1")
+    # Long enough that the watcher (a CLI start, over a second on a loaded machine) sees steps go by.
+    ok = client.enqueue("t_app", {"app_id": "cli1", "seconds": 6.0}, app_id="cli1")
     watched = boxtasks("task", "watch", ok, timeout=60)
     assert watched.code == 0, watched.err
     lines = watched.out.splitlines()
