@@ -91,10 +91,12 @@ def build_parser(argv: Sequence[str] | None = None, *, full: bool = False) -> ar
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = _command_in(sys.argv[1:] if argv is None else argv)
+    # A module that adds several commands (cli.platform_cmd) adds them all, at the first one's place.
+    loading = {(c.module, c.adder) for name, c in COMMANDS.items() if full or name == wanted}
     for name, command in COMMANDS.items():
         if name in sub.choices:
-            continue  # added by a module that adds several commands
-        if full or name == wanted:
+            continue  # added with an earlier command of its module
+        if (command.module, command.adder) in loading:
             with _no_collection():
                 owner = sys.modules[__name__] if command.module is None else importlib.import_module(command.module)
             getattr(owner, command.adder)(sub, common)
