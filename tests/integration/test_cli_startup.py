@@ -118,6 +118,18 @@ def test_the_command_table_says_what_the_modules_add() -> None:
     assert list(added) == list(cli_main.COMMANDS), "the order `--help` lists them in"
 
 
+@pytest.mark.parametrize("name", list(cli_main.COMMANDS))
+def test_each_command_is_built_beside_the_bare_others(name: str) -> None:
+    parser = cli_main.build_parser([name, "--help"])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(cli_main.COMMANDS)
+    full = sub.choices[name]
+    # Its own parser: a handler or actions of its own, which the bare entries of the others lack.
+    assert "handler" in full._defaults or any(isinstance(a, argparse._SubParsersAction) for a in full._actions)
+    others = [p for n, p in sub.choices.items() if cli_main.COMMANDS[n].module != cli_main.COMMANDS[name].module]
+    assert all(not p._defaults and len(p._actions) == 1 for p in others)  # only -h
+
+
 @pytest.mark.parametrize(
     "argv",
     [
