@@ -10,7 +10,7 @@ from typing import Any
 
 from cli.errors import CliError
 from cli.output import print_json, print_table
-from frontdoor import actions, queries, tasklines
+from frontdoor import actions, queries
 from frontdoor.schemas import TaskOut
 from models import FINAL_STATES, TaskState, get_engine
 
@@ -151,6 +151,8 @@ def retry(args: argparse.Namespace) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
+    from frontdoor import tasklines  # reads the worker's log store: imports `tasks` (and Celery)
+
     engine = get_engine()
     if not args.follow:
         if args.json:
