@@ -33,7 +33,7 @@ class Command(NamedTuple):
     help: str
 
 
-#: Every top-level command in the order `--help` lists them; tests/unit/test_cli_imports.py checks this
+#: Every top-level command in the order `--help` lists them; tests/integration/test_cli_startup.py checks this
 #: table against the parsers the modules add.
 COMMANDS: dict[str, Command] = {
     "app": Command("cli.app_cmd", "add_parser", "install, configure, start, stop, ... apps"),
