@@ -167,6 +167,15 @@ class Settings(BaseSettings):
     app_stop_timeout_seconds: int = Field(
         default=10, ge=0, le=600, description="SIGTERM to SIGKILL when an app's container stops"
     )
+    app_health_timeout_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description=(
+            "how long a started app has to answer its manifest's healthCheckPath with 2xx before the task "
+            "fails and the app shows `error`; 0 does not wait"
+        ),
+    )
     oom_watch: bool = Field(
         default=True,
         description=(

@@ -108,6 +108,10 @@ class ContainerError(EngineError):
 # ---------------------------------------------------------------------------- addons
 
 
+class HealthError(HostingError):
+    """The app's container started but its healthCheckPath did not answer 2xx in time (the app is left in `error`)."""
+
+
 class AddonNotProvidedError(InputError):
     """The manifest asks for an addon this server does not provide (`hosting.apps.capabilities`)."""
 

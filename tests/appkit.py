@@ -154,6 +154,7 @@ def open_kit(url: str, dockerd: Dockerd, tmp_path: Path, lock_row: str) -> Itera
         docker_host=dockerd.base_url,
         app_network="none",
         app_stop_timeout_seconds=3,
+        app_health_timeout_seconds=10,
         receives_mail=False,
         mail_domain="box.test",
     )

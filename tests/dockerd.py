@@ -2,7 +2,8 @@
 
 No bridge, no iptables, no routes: containers run with network_mode="none". The test image is a
 root filesystem holding static busybox and a small `/bin/app.sh` (sleeps until SIGTERM; with
-HOG_MB set it first allocates that many MiB, to provoke an OOM kill under a small memory limit).
+HOG_MB set it first allocates that many MiB, to provoke an OOM kill under a small memory limit; with
+SERVE_HTTP set it serves /healthz on its httpPort, for the health check).
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from tests.services import in_ci
 logger = logging.getLogger(__name__)
 
 TEST_IMAGE = "boxtasks-test/busybox:1.0.0"
-APPLETS = ("sh", "sleep", "cat", "echo", "ls", "dd", "env", "head", "httpd", "id", "mkdir", "touch", "true")
+APPLETS = ("sh", "sleep", "cat", "echo", "ls", "dd", "env", "head", "httpd", "id", "mkdir", "touch", "true", "wget")
 APP_SCRIPT = b"""#!/bin/sh
 trap 'exit 0' TERM INT
 if [ -n "$HOG_MB" ]; then dd if=/dev/zero of=/dev/null bs="${HOG_MB}M" count=1; fi
+if [ -n "$SERVE_HTTP" ]; then
+  mkdir -p /tmp/www && echo ok > /tmp/www/healthz && httpd -p "$BOX_HTTP_PORT" -h /tmp/www
+fi
 while :; do sleep 1 & wait $!; done
 """
 

@@ -174,6 +174,16 @@ class DockerEngine:
             container=True,
         )
 
+    def exec_probe(self, container_id: str, argv: list[str]) -> tuple[int, str]:
+        """Run `argv` inside the running container; (exit code, its output, stdout and stderr together)."""
+
+        def run() -> tuple[int, str]:
+            code, output = self.client.containers.get(container_id).exec_run(argv, stdout=True, stderr=True)
+            return int(code if code is not None else -1), bytes(output or b"").decode("utf-8", "replace")
+
+        result: tuple[int, str] = self._call(f"run {argv[0]} in container {container_id[:12]}", run, container=True)
+        return result
+
     def update_limits(self, container_id: str, limits: dict[str, Any]) -> None:
         """Change CPU and memory limits of a container in place, without a restart."""
         self._call(

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hosting import datadir
-from hosting.apps import addons, databases, ports, steps
+from hosting.apps import addons, databases, health, ports, steps
 from hosting.apps import state as appstate
 from hosting.apps.capabilities import check_addons
 from hosting.apps.manifest import Manifest, parse_manifest, with_image
@@ -257,6 +257,7 @@ def _run_container(ctx: TaskContext, app_id: str, op: str, box: Box, options: Ma
                 box.docker.restart(str(container_id), timeout=timeout)
             else:
                 box.docker.start(str(container_id))
+            health.wait_healthy(ctx, box, str(container_id), parse_manifest(app.manifest), percent=80)
             run_state = RunState.RUNNING
         with ctx.fenced() as conn:
             steps.finish(ctx, conn, app_id, op, container_id=container_id, run_state=run_state)

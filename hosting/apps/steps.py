@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
 from hosting import datadir
-from hosting.apps import addons, claims, databases, ports
+from hosting.apps import addons, claims, databases, health, ports
 from hosting.apps import state as appstate
 from hosting.apps.container import AppSpec, create_kwargs
 from hosting.apps.manifest import parse_manifest
@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 Result = dict[str, Any]
 
 
-def build(ctx: TaskContext, box: Box, app_id: str, *, start: bool, percent: int) -> str:
-    """Data dir, image, a fresh container from the app's record; started when asked. Returns its id."""
+def build(ctx: TaskContext, box: Box, app_id: str, *, start: bool, percent: int, wait: bool = True) -> str:
+    """Data dir, image, a fresh container from the app's record; started when asked, and then waited
+    for until it answers its health check (`hosting.apps.health`; `wait=False`: not). Returns its id."""
     with ctx.fenced() as conn:
         spec = app_spec(conn, box, app_id)
     ctx.progress(percent, "Preparing the app's data directory")
@@ -47,6 +48,8 @@ def build(ctx: TaskContext, box: Box, app_id: str, *, start: bool, percent: int)
     if start:
         ctx.progress(percent + 60, "Starting the container")
         box.docker.start(container.id)
+        if wait:
+            health.wait_healthy(ctx, box, str(container.id), spec.manifest, percent=min(percent + 65, 95))
     return str(container.id)
 
 

@@ -72,7 +72,7 @@ def _start_app(ctx: TaskContext, box: Box, app_id: str) -> str:
         if info is not None:
             box.docker.start(str(app.container_id))
             return "started"
-        container_id = steps.build(_quiet(ctx), box, app_id, start=True, percent=0)
+        container_id = steps.build(_quiet(ctx), box, app_id, start=True, percent=0, wait=False)
         with ctx.fenced() as conn:
             conn.execute(update(App).where(App.id == app_id).values(container_id=container_id))
         return "rebuilt"

@@ -20,6 +20,7 @@ from hosting import (
 )
 from hosting.apps import lifecycle
 from hosting.apps import state as appstate
+from hosting.errors import HealthError
 from models import AppAddon, PortBinding, PortReservation
 from tests.appkit import MIB, Kit, free_port, kit, manifest, new_app_id, run_threads
 
@@ -133,6 +134,33 @@ def test_a_packagers_manifest_runs_the_installers_image_on_its_default_ports(kit
     assert stored is not None and stored.manifest == {**doc, "dockerImage": kit.dockerd.image}
     kit.run(lifecycle.uninstall, app_id)
     assert kit.leftovers(app_id) == dict.fromkeys(kit.leftovers(app_id), 0)
+
+
+def test_an_app_is_running_only_once_it_answers_its_health_check(kit: Kit) -> None:
+    """No network here: the check runs inside the container (busybox wget), as it does for any app without one."""
+    app_id = new_app_id()
+    healthy = manifest(kit.dockerd.image, healthCheckPath="/healthz")
+    install(kit, app_id, manifest=healthy, env={"SERVE_HTTP": "1"})
+    app = kit.app(app_id)
+    assert (app.installation_state, app.run_state, app.error) == ("installed", "running", None)
+    kit.run(lifecycle.restart, app_id)  # a restart waits for it again
+    assert kit.app(app_id).run_state == "running"
+
+    wrong = new_app_id()
+    path = manifest(kit.dockerd.image, healthCheckPath="/missing")
+    with pytest.raises(
+        HealthError, match=r"did not answer GET /missing on port 8080 with 2xx within 10s \(last: .*404"
+    ):
+        install(kit, wrong, manifest=path, env={"SERVE_HTTP": "1"})
+    failed = kit.app(wrong)
+    assert failed.installation_state == "error" and "GET /missing" in failed.error["message"]
+
+    silent = new_app_id()  # serves nothing at all
+    with pytest.raises(HealthError, match="did not answer GET /healthz"):
+        install(kit, silent, manifest=healthy)
+    assert kit.app(silent).installation_state == "error"
+    for done in (app_id, wrong, silent):
+        kit.run(lifecycle.uninstall, done)
 
 
 def test_recvmail_is_set_up_where_the_server_receives_mail(kit: Kit) -> None:
