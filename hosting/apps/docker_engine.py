@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from hosting.apps.resources import HostCapacity
@@ -193,6 +194,31 @@ class DockerEngine:
             return None
         except docker.errors.DockerException as err:
             raise _engine_error(f"inspect container {container_id[:12]}", err) from err
+
+    def exec_run(self, container_id: str, cmd: list[str], *, on_output: Callable[[bytes], None]) -> int:
+        """Run `cmd` in the running container (`docker exec`), its stdout and stderr handed to `on_output`
+        as they come; its exit code. The command inherits the container's environment and user."""
+        what = f"run a command in container {container_id[:12]}"
+        exec_id = self._call(
+            what, lambda: self.client.api.exec_create(container_id, cmd, stdout=True, stderr=True), container=True
+        )["Id"]
+        stream = self._call(what, lambda: self.client.api.exec_start(exec_id, stream=True), container=True)
+        for chunk in stream:
+            on_output(chunk)
+        inspected = self._call(what, lambda: self.client.api.exec_inspect(exec_id), container=True)
+        code = inspected.get("ExitCode")
+        if code is None:  # the stream ended but the process has not been reaped yet
+            code = self._exit_code_when_done(exec_id, what)
+        return int(code)
+
+    def _exit_code_when_done(self, exec_id: str, what: str, *, seconds: float = 10.0) -> int:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            inspected = self._call(what, lambda: self.client.api.exec_inspect(exec_id), container=True)
+            if not inspected.get("Running") and inspected.get("ExitCode") is not None:
+                return int(inspected["ExitCode"])
+            time.sleep(0.1)
+        raise ContainerError(f"cannot {what}: its output ended but Docker gave no exit code within {seconds:g}s")
 
     def events(self, *, filters: dict[str, Any], since: float | None, until: float | None) -> Iterator[dict[str, Any]]:
         """The engine's event stream (a closable generator), decoded."""
