@@ -37,8 +37,9 @@ from hosting.errors import ContainerError, ManifestError
 from models import App, Task, TaskState
 
 logger = logging.getLogger(__name__)
-#: The job's own output goes to the task's log under this name.
+#: The job's own output goes to the task's log under this name, at INFO whatever the worker's log level.
 output_logger = logging.getLogger("appcron")
+output_logger.setLevel(logging.INFO)
 
 #: The task kind that runs one job once (`tasks.kinds.appcron`).
 KIND = "appcron"
