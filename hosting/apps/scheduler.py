@@ -284,11 +284,16 @@ def run_job(ctx: TaskContext, app_id: str, job_name: str, *, box: object = None)
         raise ContainerError(f"app {app_id} has no container to run job {job_name!r} in; run repair")
     ctx.progress(0, f"Running {job_name}")
     output = _Output(ctx, job_name)
+    started = _now()
     exit_code = resolved.docker.exec_run(str(app.container_id), ["/bin/sh", "-c", job.command], on_output=output.feed)
     output.close()
     if exit_code != 0:
         raise JobFailedError(job_name, exit_code)
-    return {"job": job_name, "exit_code": 0, "lines": output.lines}
+    return {"job": job_name, "exit_code": 0, "lines": output.lines, "started_at": started, "ended_at": _now()}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _why_skip(app: Any, job_name: str) -> str | None:

@@ -71,7 +71,8 @@ def test_a_job_runs_in_the_container_and_its_output_is_in_the_task_log(kit: Kit)
 
     with _appcron(kit, app_id) as (ctx, task_id):
         result = scheduler.run_job(ctx, app_id, "stamp", box=kit.box)
-    assert result == {"job": "stamp", "exit_code": 0, "lines": 1}
+    assert {k: result[k] for k in ("job", "exit_code", "lines")} == {"job": "stamp", "exit_code": 0, "lines": 1}
+    assert result["started_at"] <= result["ended_at"]
     # The line is in the app's data volume, seen from the host.
     assert (kit.box.app_dir(app_id) / "data" / "cron.log").read_text() == "ran-in-container\n"
     assert "appcron: wrote a line" in _log(kit, task_id)
