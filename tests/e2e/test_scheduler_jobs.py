@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -80,11 +81,8 @@ def test_jobs_wait_for_an_apptask_then_run_side_by_side_in_the_container(
     assert sorted(order[:2]) == ["start-a", "start-b"] and sorted(order[2:]) == ["end-a", "end-b"], order
     # Their output is in their task logs.
     for job, name in zip(jobs, ("a", "b"), strict=True):
-        wait_for(
-            lambda job=job, name=name: f"appcron: {name} done" in [x.line for x in logstore.read(get_engine(), job)],
-            timeout=10,
-            what=f"job {name}'s output in its task log",
-        )
+        line = f"appcron: {name} done"
+        wait_for(_logged(job, line), timeout=10, what=f"{line!r} in the log of task {job}")
 
 
 def test_an_apptask_waits_for_a_running_job(
@@ -106,7 +104,12 @@ def test_an_apptask_waits_for_a_running_job(
     assert after.result["start"] >= dt.datetime.fromisoformat(ran.result["ended_at"]).timestamp()
 
 
-def row_manifest(app_id: str) -> dict[str, object]:
+def _logged(task_id: str, line: str) -> Callable[[], bool]:
+    """Whether the task's log has `line` (its last lines are written as the task ends, just after its row)."""
+    return lambda: line in [x.line for x in logstore.read(get_engine(), task_id)]
+
+
+def row_manifest(app_id: str) -> dict[str, Any]:
     with get_engine().connect() as conn:
         found = conn.execute(App.__table__.select().where(App.id == app_id)).first()
     assert found is not None

@@ -116,3 +116,29 @@ def test_run_ids_name_one_job_of_one_app_in_one_minute() -> None:
     run = Run("a1", "feeds", minute)
     assert run.task_id == same
     assert run.args == {"app_id": "a1", "job": "feeds", "minute": "2026-12-08T10:05Z"}
+
+
+def test_beat_stamps_each_tick_with_the_minute_it_sends_it_in() -> None:
+    """The entry as beat keeps it (pickled in its schedule file) and the kwargs as beat evaluates them when sending."""
+    import pickle
+
+    from celery import beat
+    from celery.schedules import crontab
+
+    from config.celery import SCHEDULER_TICK_EXPIRES, beat_schedule
+    from config.settings import load_settings
+    from tasks.celery import app
+
+    spec = beat_schedule(load_settings())["scheduler-tick"]
+    assert spec["task"] == "boxtasks.scheduler_tick"
+    assert spec["options"] == {"expires": SCHEDULER_TICK_EXPIRES}
+    entry = beat.ScheduleEntry(name="scheduler-tick", app=app, **spec)
+    kept = pickle.loads(pickle.dumps(entry))
+    before = dt.datetime.now(dt.UTC)
+    kwargs = beat._evaluate_entry_kwargs(kept.kwargs)
+    after = dt.datetime.now(dt.UTC)
+    sent = dt.datetime.fromisoformat(kwargs["sent_at"])
+    assert before <= sent <= after
+    assert tick_minute(sent) in {tick_minute(before), tick_minute(after)}
+    # Every minute, on the minute.
+    assert kept.schedule == crontab()
