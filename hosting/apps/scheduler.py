@@ -30,6 +30,7 @@ from croniter import croniter
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
+from hosting.apps.docker_engine import DockerEngine
 from hosting.apps.state import InstallState, RunState
 from hosting.box import resolve
 from hosting.context import TaskContext
@@ -55,6 +56,13 @@ _UNDER_WAY = (TaskState.QUEUED.value, TaskState.WAITING.value, TaskState.RUNNING
 _RUN_NAMESPACE = uuid.UUID("5b0c3a52-7f0e-4f57-9a55-2c1f7a0d6e11")
 #: The running job's last output line goes to its message at most this often.
 _MESSAGE_EVERY = 2.0
+#: Runs the command (`$1`) with `sh -c` after saying its pid: `docker exec` makes that process a session
+#: and process-group leader, so a stopped run can end the command and everything it started. Its stderr
+#: goes to its stdout: one pipe keeps the lines in the order they were written (two pipes need not).
+_PID_LINE = b"boxtasks-pid "
+_WRAPPER = ("/bin/sh", "-c", 'echo "boxtasks-pid $$"; exec /bin/sh -c "$1" 2>&1', "sh")
+#: SIGTERM to SIGKILL for the command of a run that was stopped.
+_KILL_GRACE = 5.0
 
 
 class SchedulerError(ManifestError):
@@ -285,11 +293,39 @@ def run_job(ctx: TaskContext, app_id: str, job_name: str, *, box: object = None)
     ctx.progress(0, f"Running {job_name}")
     output = _Output(ctx, job_name)
     started = _now()
-    exit_code = resolved.docker.exec_run(str(app.container_id), ["/bin/sh", "-c", job.command], on_output=output.feed)
+    container_id = str(app.container_id)
+    try:
+        exit_code = resolved.docker.exec_run(container_id, [*_WRAPPER, job.command], on_output=output.feed)
+    except BaseException:
+        # Stopped, timed out, lost its lease, or Docker failed: the command must not go on in the
+        # container once this task gives `app:A` back.
+        if output.pid is not None:
+            _end_command(resolved.docker, container_id, output.pid)
+        raise
     output.close()
     if exit_code != 0:
         raise JobFailedError(job_name, exit_code)
     return {"job": job_name, "exit_code": 0, "lines": output.lines, "started_at": started, "ended_at": _now()}
+
+
+def _end_command(docker: DockerEngine, container_id: str, pid: int) -> None:
+    """SIGTERM the command's process group in the container, SIGKILL what is left after `_KILL_GRACE` seconds."""
+
+    def in_container(script: str) -> int:
+        return docker.exec_run(container_id, ["/bin/sh", "-c", script], on_output=lambda _: None)
+
+    try:
+        in_container(f"kill -TERM -{pid}")
+        deadline = time.monotonic() + _KILL_GRACE
+        while time.monotonic() < deadline:
+            if in_container(f"kill -0 -{pid} 2>/dev/null") != 0:
+                logger.info("job's process group %d in container %s ended on SIGTERM", pid, container_id[:12])
+                return
+            time.sleep(0.2)
+        in_container(f"kill -KILL -{pid}")
+        logger.warning("job's process group %d in container %s killed (SIGKILL)", pid, container_id[:12])
+    except Exception:
+        logger.warning("could not end job's process group %d in container %s", pid, container_id[:12], exc_info=True)
 
 
 def _now() -> str:
@@ -319,10 +355,19 @@ class _Output:
         self._partial = b""
         self._shown = time.monotonic()
         self.lines = 0
+        #: The command's pid in the container, from the wrapper's first line (never logged).
+        self.pid: int | None = None
+        self._first = True
 
     def feed(self, chunk: bytes) -> None:
         *complete, self._partial = (self._partial + chunk).split(b"\n")
         for raw in complete:
+            if self._first:
+                self._first = False
+                said = raw.removeprefix(_PID_LINE)
+                if said != raw and said.isdigit():
+                    self.pid = int(said)
+                    continue
             self._line(raw)
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ its exit code; and the runs it skips. hosting on a real lock grant (the appcron 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from hosting.apps import lifecycle, scheduler
 from hosting.context import LocalContext
 from models import App
 from tasks import logstore
+from tasks.errors import TaskStopped
 from tasks.logstore import Bounds
 from tasks.tasklog import Capture
 from tests.appkit import Kit, kit, manifest, new_app_id
@@ -27,6 +29,11 @@ JOBS = {
     "stamp": {"schedule": "*/5 * * * *", "command": "echo ran-in-container >> /app/data/cron.log; echo wrote a line"},
     "noisy": {"schedule": "* * * * *", "command": "echo to-stderr >&2; echo first; echo second; printf no-newline"},
     "broken": {"schedule": "* * * * *", "command": "echo about to fail; exit 3"},
+    "long": {
+        "schedule": "* * * * *",
+        "command": "i=0; while [ $i -lt 200 ]; do echo $i >> /app/data/ticks; echo tick $i; i=$((i+1)); sleep 0.1; done"
+        " # runs 20 s unless stopped",
+    },
 }
 
 
@@ -82,8 +89,8 @@ def test_a_job_runs_in_the_container_and_its_output_is_in_the_task_log(kit: Kit)
         result = scheduler.run_job(ctx, app_id, "noisy", box=kit.box)
     assert result["lines"] == 4
     lines = [x for x in _log(kit, task_id) if x.startswith("appcron: ")]
-    assert set(lines) == {"appcron: to-stderr", "appcron: first", "appcron: second", "appcron: no-newline"}
-    assert lines.index("appcron: first") < lines.index("appcron: second")
+    # stdout and stderr in the order written.
+    assert lines == ["appcron: to-stderr", "appcron: first", "appcron: second", "appcron: no-newline"]
 
 
 def test_a_non_zero_exit_fails_the_run_with_the_code(kit: Kit) -> None:
@@ -106,3 +113,27 @@ def test_runs_of_a_stopped_app_or_a_dropped_job_are_skipped(kit: Kit) -> None:
         result = scheduler.run_job(ctx, stopped, "stamp", box=kit.box)
     assert result == {"job": "stamp", "skipped": "the app is installed, stopped"}
     assert ctx.reports == [(100, "Skipped: the app is installed, stopped")]
+
+
+class _StoppedAtFirstProgress(LocalContext):
+    """Stands for a stop (SIGTERM) arriving while the job runs: its first progress report raises TaskStopped."""
+
+    def progress(self, percent: int, message: str) -> None:
+        super().progress(percent, message)
+        if message.startswith("Running long: "):
+            raise TaskStopped("stopped by signal 15")
+
+
+def test_a_stopped_run_ends_its_command_in_the_container(kit: Kit) -> None:
+    """Once the task gives `app:A` back, nothing of the job may go on in the app's container."""
+    app_id = _installed_with_jobs(kit, JOBS)
+    ticks = kit.box.app_dir(app_id) / "data" / "ticks"
+    with _appcron(kit, app_id) as (ctx, task_id), pytest.raises(TaskStopped):
+        stopping = _StoppedAtFirstProgress(kit.manager, ctx._grant)  # the same grant, a stop on its way
+        scheduler.run_job(stopping, app_id, "long", box=kit.box)
+    seen = len(ticks.read_text().split())
+    assert 0 < seen < 200
+    time.sleep(1.5)
+    assert len(ticks.read_text().split()) == seen, "the job's command went on after its run was stopped"
+    log = _log(kit, task_id)
+    assert "appcron: tick 0" in log and not any("boxtasks-pid" in line for line in log)
