@@ -26,15 +26,15 @@ from tests.e2e.harness import Env, Worker, row, wait_for, wait_state
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.rabbitmq, pytest.mark.docker]
 
 
-def _job(name: str) -> dict[str, str]:
+def _job(name: str, seconds: float) -> dict[str, str]:
     order = "/app/data/order"
     return {
         "schedule": "* * * * *",
-        "command": f"echo start-{name} >> {order}; sleep 2; echo end-{name} >> {order}; echo {name} done",
+        "command": f"echo start-{name} >> {order}; sleep {seconds}; echo end-{name} >> {order}; echo {name} done",
     }
 
 
-def _app_with_jobs(dockerd: Dockerd, env: Env, start_worker: Callable[..., Worker]) -> str:
+def _app_with_jobs(dockerd: Dockerd, env: Env, start_worker: Callable[..., Worker], *, seconds: float = 2) -> str:
     """A worker of 3 processes on the private dockerd, and an app it installed, with jobs `a` and `b`."""
     env.extra.update(BOXTASKS_DOCKER_HOST=dockerd.base_url, BOXTASKS_APP_NETWORK="none")
     start_worker(concurrency=3)
@@ -45,7 +45,7 @@ def _app_with_jobs(dockerd: Dockerd, env: Env, start_worker: Callable[..., Worke
     assert installed.state == "succeeded", installed.error
     # The jobs go into the stored manifest (install's manifest check does not know the addon yet).
     stored = dict(row_manifest(app_id))
-    stored["addons"] = {**stored["addons"], "scheduler": {"a": _job("a"), "b": _job("b")}}
+    stored["addons"] = {**stored["addons"], "scheduler": {"a": _job("a", seconds), "b": _job("b", seconds)}}
     with get_engine().begin() as conn:
         conn.execute(update(App).where(App.id == app_id).values(manifest=stored))
     return app_id
@@ -56,7 +56,7 @@ def test_jobs_wait_for_an_apptask_then_run_side_by_side_in_the_container(
 ) -> None:
     app_id = _app_with_jobs(dockerd, e2e_env, start_worker)
 
-    restore = enqueue("t_app", {"app_id": app_id, "seconds": 4.0}, app_id=app_id, queue="apptask")
+    restore = enqueue("t_app", {"app_id": app_id, "seconds": 8.0}, app_id=app_id, queue="apptask")
     wait_state(restore, "running")
     sent_at = dt.datetime.now(dt.UTC)
     report = scheduler_tick(sent_at=sent_at.isoformat())
@@ -88,7 +88,8 @@ def test_jobs_wait_for_an_apptask_then_run_side_by_side_in_the_container(
 def test_an_apptask_waits_for_a_running_job(
     dockerd: Dockerd, e2e_env: Env, start_worker: Callable[..., Worker]
 ) -> None:
-    app_id = _app_with_jobs(dockerd, e2e_env, start_worker)
+    # Jobs long enough for the apptask to be taken by a process while they run, on a loaded machine too.
+    app_id = _app_with_jobs(dockerd, e2e_env, start_worker, seconds=8)
     sent_at = dt.datetime.now(dt.UTC)
     scheduler_tick(sent_at=sent_at.isoformat())
     job = run_id(app_id, "a", tick_minute(sent_at))
