@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
+from frontdoor import queries
 from hosting.apps.scheduler import KIND, run_id
 from models import App, Task, TaskState, get_engine
 from tasks.schedules import scheduler_tick
@@ -89,7 +90,12 @@ def test_each_due_job_is_sent_once_per_minute(cleanup: list[str]) -> None:
     assert sorted(x for x in first["sent"] if x.startswith(app_id)) == [f"{app_id}/five", f"{app_id}/ticks"]
     assert not [x for x in again["sent"] if x.startswith(app_id)]
     # The first tick's runs are still queued: the second one counts them as under way.
-    assert sorted(x for x in again["busy"] + again["already"] if x.startswith(app_id)) == sorted(first["sent"])
+    mine = sorted(x for x in first["sent"] if x.startswith(app_id))
+    assert sorted(x for x in again["busy"] + again["already"] if x.startswith(app_id)) == mine
+    # Shown where tasks are: the front door's task list (the API's GET /tasks, `boxtasks task list`).
+    listed = queries.list_tasks(engine, type=KIND, app_id=app_id)
+    assert sorted(t.args["job"] for t in listed) == ["five", "ticks"]
+    assert {t.state for t in listed} == {"queued"}
 
 
 def test_a_second_tick_for_a_finished_minute_sends_nothing(cleanup: list[str]) -> None:
