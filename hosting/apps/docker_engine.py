@@ -203,8 +203,7 @@ class DockerEngine:
             what, lambda: self.client.api.exec_create(container_id, cmd, stdout=True, stderr=True), container=True
         )["Id"]
         stream = self._call(what, lambda: self.client.api.exec_start(exec_id, stream=True), container=True)
-        for chunk in stream:
-            on_output(chunk)
+        self._call(what, lambda: _drain(stream, on_output), container=True)  # Docker failing mid-stream: wrapped
         inspected = self._call(what, lambda: self.client.api.exec_inspect(exec_id), container=True)
         code = inspected.get("ExitCode")
         if code is None:  # the stream ended but the process has not been reaped yet
@@ -241,6 +240,11 @@ class DockerEngine:
             raise EngineUnavailableError(
                 f"cannot {what}: Docker at {self.base_url} did not answer ({err}); is dockerd running?"
             ) from err
+
+
+def _drain(stream: Iterator[bytes], on_output: Callable[[bytes], None]) -> None:
+    for chunk in stream:
+        on_output(chunk)
 
 
 #: Pull statuses that repeat for every chunk of every layer: not worth a line each.
