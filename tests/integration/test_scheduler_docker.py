@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from hosting.apps import lifecycle, scheduler
 from hosting.context import LocalContext
@@ -35,6 +35,21 @@ JOBS = {
         " # runs 20 s unless stopped",
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def _uninstalled(kit: Kit) -> Iterator[None]:
+    """Each test's apps are uninstalled after it: installed apps with jobs would get them run by the ticks of
+    later tests that share this database (the end-to-end ones)."""
+    yield
+    with kit.engine.connect() as conn:
+        ids = list(conn.execute(select(App.id).where(App.id.like("cron-%"))).scalars())
+    for app_id in ids:
+        stored = dict(kit.app(app_id).manifest)
+        stored["addons"] = {k: v for k, v in stored["addons"].items() if k != "scheduler"}
+        with kit.engine.begin() as conn:
+            conn.execute(update(App).where(App.id == app_id).values(manifest=stored))
+        kit.run(lifecycle.uninstall, app_id)
 
 
 def _installed_with_jobs(k: Kit, jobs: dict[str, Any], *, stopped: bool = False) -> str:
