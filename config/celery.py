@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from celery.beat import BeatLazyFunc
 from celery.schedules import crontab
 
 from config.filemodes import private_dir
@@ -23,7 +25,18 @@ TASK_QUEUES = {
     "boxtasks.check_alerts": "maintenance",
     "boxtasks.nightly_fullbackup": "maintenance",
     "boxtasks.prune_history": "maintenance",
+    "boxtasks.appcron": "apptask",
+    "boxtasks.scheduler_tick": "maintenance",
 }
+
+#: A scheduler tick that waited longer than this for a worker is dropped: after an outage, the
+#: minutes missed are not all run at once (cron does not make up missed runs either).
+SCHEDULER_TICK_EXPIRES = 600.0
+
+
+def beat_sent_at() -> str:
+    """When beat sends a tick (UTC, ISO 8601): the tick runs the jobs of that minute, however late it runs."""
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def kombu_broker_url(settings: Settings) -> str:
@@ -54,7 +67,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """What celery beat sends: the lock sweep, the alert checks, history pruning and (unless off) the nightly backup.
+    """What celery beat sends: the lock sweep, the alert checks, history pruning, the apps' cron jobs' tick and
+    (unless off) the nightly backup.
 
     The nightly task only enqueues a `fullbackup` like the API does (tasks/schedules.py). Backup
     retention has no entry of its own: each full backup applies it when it ends (hosting).
@@ -63,6 +77,13 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "lock-sweep": {"task": "boxtasks.sweep", "schedule": settings.sweep_seconds},
         "alert-checks": {"task": "boxtasks.check_alerts", "schedule": settings.alert_check_seconds},
         "history-prune": {"task": "boxtasks.prune_history", "schedule": settings.history_prune_hours * 3600},
+        # Apps' cron jobs (the manifest's `scheduler` addon): each minute, with the minute it was sent in.
+        "scheduler-tick": {
+            "task": "boxtasks.scheduler_tick",
+            "schedule": crontab(),
+            "kwargs": {"sent_at": BeatLazyFunc(beat_sent_at)},
+            "options": {"expires": SCHEDULER_TICK_EXPIRES},
+        },
     }
     if settings.backup_time is not None:
         hour, minute = settings.backup_time

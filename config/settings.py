@@ -41,6 +41,7 @@ DEFAULT_TIME_LIMITS: dict[str, float] = {
     "fullbackup": 12 * 3600.0,
     "update": 3 * 3600.0,
     "platformstart": 2 * 3600.0,
+    "appcron": 3600.0,  # one run of an app's cron job (the scheduler addon)
 }
 
 

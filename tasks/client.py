@@ -39,8 +39,12 @@ def enqueue(
     engine: Engine | None = None,
     claim: Callable[[Connection, str], None] | None = None,
     retry_of: str | None = None,
+    task_id: str | None = None,
 ) -> str:
     """Record the task (`queued`), then send its message; the row's id is the Celery task id.
+
+    `task_id`: the id to record it under (a new one by default). A row with that id already there
+    raises sqlalchemy's IntegrityError and sends nothing: how a scheduler tick sends a run once.
 
     `claim`: what the request takes in the same transaction as the row (`records.create`). A kind
     that runs once at a time (`guards.GUARDED_KINDS`) also takes its guard there, and raises
@@ -55,7 +59,9 @@ def enqueue(
     queue = queue or queue_for(kind)
     if kind in guards.GUARDED_KINDS:
         claim = _guarded(kind, claim)
-    task_id = records.create(engine, kind=kind, queue=queue, args=args, app_id=app_id, claim=claim, retry_of=retry_of)
+    task_id = records.create(
+        engine, kind=kind, queue=queue, args=args, app_id=app_id, claim=claim, retry_of=retry_of, task_id=task_id
+    )
     try:
         app.send_task(task_name(kind), kwargs=redact(args), task_id=task_id, queue=queue)
     except (KombuOperationalError, OSError) as err:

@@ -1,4 +1,4 @@
-"""The four task kinds, each with its lock plan (DESIGN.md "Locks"), and the periodic sweep.
+"""The task kinds, each with its lock plan (DESIGN.md "Locks"), and the periodic sweep.
 
 Thin by design: unpack arguments, let the decorator take the locks, call `hosting`.
 """
@@ -12,6 +12,7 @@ from celery import Task
 
 from config import get_settings
 from hosting import operations
+from hosting.apps import scheduler
 from hosting.backups import fullbackup as full_backup
 from tasks import broker
 from tasks.celery import app
@@ -52,6 +53,16 @@ def platformstart(ctx: RunContext) -> Any:
     from hosting.platformops import start as platform_start
 
     return platform_start.start(ctx)
+
+
+#: One run of an app's cron job: shared with the app's other jobs, never inside an apptask (X).
+APPCRON_PLAN = {"platform": "S", "app:{app_id}": "S"}
+
+
+@locked_task(kind=scheduler.KIND, plan=APPCRON_PLAN)
+def appcron(ctx: RunContext, *, app_id: str, job: str, minute: str | None = None) -> Any:
+    # `minute`: the one the run was sent for (part of its id and shown with its args).
+    return scheduler.run_job(ctx, app_id, job)
 
 
 @app.task(name="boxtasks.sweep", bind=True, ignore_result=True)

@@ -1,4 +1,5 @@
-"""What celery beat runs besides the lock sweep: nightly full backup, alert checks, history pruning, OOM watch.
+"""What celery beat runs besides the lock sweep: nightly full backup, alert checks, history pruning, OOM watch,
+and the minute tick that sends the apps' cron jobs (`hosting.apps.scheduler`).
 
 The OOM watch (`hosting.apps.oom.watch_forever`) is a thread of the beat process, started when beat starts:
 a deployment runs one beat and has one Docker engine, so each OOM kill is recorded once, whatever
@@ -10,6 +11,7 @@ and enqueued like one from the API, so it shows in `boxtasks task list` and take
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from celery import signals
 
 from config import get_settings
+from hosting.apps import scheduler
 from hosting.apps.oom import watch_forever
 from hosting.box import default_box
 from hosting.events import history
@@ -69,3 +72,15 @@ def nightly_fullbackup() -> str | None:
     except DuplicateTaskError as err:  # the guard (tasks.guards) answers with the one under way
         logger.info("nightly full backup skipped: %s is still under way", err.task_id)
         return None
+
+
+@app.task(name="boxtasks.scheduler_tick", ignore_result=True)
+def scheduler_tick(sent_at: str | None = None) -> dict[str, Any]:
+    """Send the apps' cron jobs due in the minute beat sent this tick in (now, without `sent_at`)."""
+    at = dt.datetime.fromisoformat(sent_at) if sent_at else dt.datetime.now(dt.UTC)
+    engine = get_engine()
+
+    def send(run: scheduler.Run) -> None:
+        client.enqueue(scheduler.KIND, run.args, app_id=run.app_id, engine=engine, task_id=run.task_id)
+
+    return scheduler.send_due(engine, scheduler.tick_minute(at), send).as_dict()

@@ -1,21 +1,21 @@
 """What this server provides to apps: the one list the front doors, the tasks and the API read.
 
-An addon is provided when an install sets it up: the mail addons (`hosting.apps.addons`) and
-localstorage (`hosting.apps.container`) everywhere, and each database addon where its server is
-configured (`hosting.apps.databases`). A manifest asking for any other addon is refused before a
-task exists, with one message naming each missing addon, and again by the task; one the manifest
-marks `"optional": true` is left out instead.
+An addon is provided when an install sets it up: the mail addons (`hosting.apps.addons`),
+localstorage (`hosting.apps.container`) and the scheduler (`hosting.apps.scheduler`: beat sends the
+jobs) everywhere, and each database addon where its server is configured (`hosting.apps.databases`).
+A manifest asking for any other addon is refused before a task exists, with one message naming each
+missing addon, and again by the task; one the manifest marks `"optional": true` is left out instead.
 """
 
 from __future__ import annotations
 
 from config import Settings
-from hosting.apps import databases
+from hosting.apps import databases, scheduler
 from hosting.apps.manifest import MANIFEST_VERSION, Manifest
 from hosting.errors import AddonNotProvidedError
 
 #: Addons every server provides. A database addon is added by its server's setting (`provided`).
-CORE_ADDONS: frozenset[str] = frozenset({"localstorage", "recvmail", "sendmail"})
+CORE_ADDONS: frozenset[str] = frozenset({"localstorage", "recvmail", "scheduler", "sendmail"})
 #: manifestVersion values accepted.
 MANIFEST_VERSIONS: tuple[int, ...] = (MANIFEST_VERSION,)
 
@@ -50,10 +50,13 @@ def _optional(options: object) -> bool:
 
 
 def check_addons(manifest: Manifest, settings: Settings) -> None:
-    """Refuse (AddonNotProvidedError) a manifest asking for any addon this server does not provide, naming each."""
+    """Refuse (AddonNotProvidedError) a manifest asking for any addon this server does not provide, naming
+    each; and one whose scheduler jobs are not valid (SchedulerError, naming the job)."""
     missing = unprovided(manifest, settings)
     if missing:
         raise AddonNotProvidedError(addon_refusal(manifest.id, missing, settings))
+    if scheduler.SCHEDULER in manifest.addons:
+        scheduler.parse_jobs(manifest.addons[scheduler.SCHEDULER])
 
 
 def addon_refusal(app: str, missing: list[str], settings: Settings) -> str:

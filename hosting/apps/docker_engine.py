@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from hosting.apps.resources import HostCapacity
@@ -175,14 +176,10 @@ class DockerEngine:
         )
 
     def exec_probe(self, container_id: str, argv: list[str]) -> tuple[int, str]:
-        """Run `argv` inside the running container; (exit code, its output, stdout and stderr together)."""
-
-        def run() -> tuple[int, str]:
-            code, output = self.client.containers.get(container_id).exec_run(argv, stdout=True, stderr=True)
-            return int(code if code is not None else -1), bytes(output or b"").decode("utf-8", "replace")
-
-        result: tuple[int, str] = self._call(f"run {argv[0]} in container {container_id[:12]}", run, container=True)
-        return result
+        """Run a short command inside the running container: (exit code, stdout and stderr together)."""
+        chunks: list[bytes] = []
+        code = self.exec_run(container_id, argv, on_output=chunks.append)
+        return code, b"".join(chunks).decode("utf-8", "replace")
 
     def update_limits(self, container_id: str, limits: dict[str, Any]) -> None:
         """Change CPU and memory limits of a container in place, without a restart."""
@@ -203,6 +200,30 @@ class DockerEngine:
             return None
         except docker.errors.DockerException as err:
             raise _engine_error(f"inspect container {container_id[:12]}", err) from err
+
+    def exec_run(self, container_id: str, cmd: list[str], *, on_output: Callable[[bytes], None]) -> int:
+        """Run `cmd` in the running container (`docker exec`), its stdout and stderr handed to `on_output`
+        as they come; its exit code. The command inherits the container's environment and user."""
+        what = f"run a command in container {container_id[:12]}"
+        exec_id = self._call(
+            what, lambda: self.client.api.exec_create(container_id, cmd, stdout=True, stderr=True), container=True
+        )["Id"]
+        stream = self._call(what, lambda: self.client.api.exec_start(exec_id, stream=True), container=True)
+        self._call(what, lambda: _drain(stream, on_output), container=True)  # Docker failing mid-stream: wrapped
+        inspected = self._call(what, lambda: self.client.api.exec_inspect(exec_id), container=True)
+        code = inspected.get("ExitCode")
+        if code is None:  # the stream ended but the process has not been reaped yet
+            code = self._exit_code_when_done(exec_id, what)
+        return int(code)
+
+    def _exit_code_when_done(self, exec_id: str, what: str, *, seconds: float = 10.0) -> int:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            inspected = self._call(what, lambda: self.client.api.exec_inspect(exec_id), container=True)
+            if not inspected.get("Running") and inspected.get("ExitCode") is not None:
+                return int(inspected["ExitCode"])
+            time.sleep(0.1)
+        raise ContainerError(f"cannot {what}: its output ended but Docker gave no exit code within {seconds:g}s")
 
     def events(self, *, filters: dict[str, Any], since: float | None, until: float | None) -> Iterator[dict[str, Any]]:
         """The engine's event stream (a closable generator), decoded."""
@@ -225,6 +246,11 @@ class DockerEngine:
             raise EngineUnavailableError(
                 f"cannot {what}: Docker at {self.base_url} did not answer ({err}); is dockerd running?"
             ) from err
+
+
+def _drain(stream: Iterator[bytes], on_output: Callable[[bytes], None]) -> None:
+    for chunk in stream:
+        on_output(chunk)
 
 
 #: Pull statuses that repeat for every chunk of every layer: not worth a line each.

@@ -192,7 +192,11 @@ def test_unprovided_addons_are_refused_in_one_message_naming_each() -> None:
     cron = {"scheduler": {"housekeeping": {"schedule": "*/5 * * * *", "command": "/app/code/cron.sh"}}}
     with pytest.raises(AddonNotProvidedError) as caught:
         check_addons(parse_manifest({**FULL, "addons": {**cron, "proxyAuth": {}, "email": {}, "tls": {}}}), BARE)
-    assert str(caught.value) == addon_refusal("io.example.full", ["email", "proxyAuth", "scheduler", "tls"], BARE)
+    assert str(caught.value) == addon_refusal("io.example.full", ["email", "proxyAuth", "tls"], BARE)
+    check_addons(parse_manifest({**FULL, "addons": cron}), BARE)  # the scheduler is provided everywhere
+    bad = {"scheduler": {"housekeeping": {"schedule": "every minute", "command": "/app/code/cron.sh"}}}
+    with pytest.raises(ManifestError, match="housekeeping"):
+        check_addons(parse_manifest({**FULL, "addons": bad}), BARE)
 
 
 def test_an_optional_addon_not_provided_is_left_out_not_refused() -> None:
