@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, or_, select, update
 
 from config import Settings
+from hosting.apps import databases
 from hosting.apps.state import InstallState
 from hosting.backups import fileformat
 from hosting.backups.appconfig import AppConfig
@@ -32,9 +34,11 @@ from models import App, Backup, Task, TaskState, db_utcnow
 
 logger = logging.getLogger(__name__)
 
-#: Inside an app backup: the app's data directory and its config as of the backup.
+#: Inside an app backup: the app's data directory, its config as of the backup, and (reserved, apart from
+#: the data) the dumps of its databases, `addons/<hosting.apps.databases.DUMP_FILES[addon]>`.
 DATA = "data"
 APP_CONFIG = "app.json"
+ADDONS = "addons"
 
 
 class BackupState:
@@ -153,16 +157,33 @@ def usable(conn: Connection, settings: Settings, bid: str, *, kind: str = "app")
 def verify(settings: Settings, row: Any) -> Path:
     """The archive of `row`, read in full against its recorded checksum and size, every member inside
     its target; an app backup's `data` is a directory (it becomes the app's data directory)."""
+    return verify_app(settings, row)[0]
+
+
+def verify_app(settings: Settings, row: Any) -> tuple[Path, dict[str, str]]:
+    """`verify`, and the database dumps the archive holds: addon -> member name (`addons/…`, regular files)."""
     path = file_of(settings, row.path)
     members = fileformat.verify(path, sha256=row.checksum, size=row.size)
+    dumps: dict[str, str] = {}
     if row.type == "app":
+        names = {file: addon for addon, file in databases.DUMP_FILES.items()}
         for member in members:
-            if member.name.rstrip("/") in (DATA, f"./{DATA}") and not member.isdir():
+            name = posixpath.normpath(member.name)
+            if name == DATA and not member.isdir():
                 raise CorruptBackupError(
                     f"backup archive {path} is corrupt: its {DATA!r} is not a directory; "
                     "it is refused and nothing was restored"
                 )
-    return path
+            if name == ADDONS and not member.isdir():
+                raise CorruptBackupError(f"backup archive {path} is corrupt: its {ADDONS!r} is not a directory")
+            top, _, rest = name.partition("/")
+            if top == ADDONS and rest:
+                if rest not in names or not member.isreg():
+                    raise CorruptBackupError(
+                        f"backup archive {path} is corrupt: {member.name!r} is not a database dump it can hold"
+                    )
+                dumps[names[rest]] = name
+    return path, dumps
 
 
 # ---------------------------------------------------------------------------- stale `creating` backups
