@@ -199,6 +199,13 @@ def test_backup_holds_the_databases_restore_brings_them_back_clone_gets_its_own_
     (app_backup,) = full["appBackups"]
     assert {"addons/mysql.sql", "addons/postgresql.sql"} <= set(members(k, app_backup))
 
+    # Uninstall with an archive dumps them once more (as they are now), drops them; the archive brings them back.
+    archived = k.run(lifecycle.uninstall, app_id, archive=True)
+    assert on_servers(env["CLOUDRON_MYSQL_DATABASE"]) == {"mysql_user": 0, "mysql_db": 0, "pg_role": 0, "pg_db": 0}
+    k.run(restore.restore, app_id, archiveId=archived["archiveId"])
+    env = app_env(k, app_id)  # the same names, a new password
+    assert rows(env) == source_now
+
     for gone, e in ((app_id, env), (clone_id, clone_env)):
         k.run(lifecycle.uninstall, gone)
         assert k.leftovers(gone) == dict.fromkeys(k.leftovers(gone), 0)
