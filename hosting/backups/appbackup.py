@@ -35,6 +35,7 @@ from hosting.backups.store import (
     BackupRecord,
     BackupState,
     backup_id,
+    dumps_prefix,
     file_of,
     finish,
     storage_path,
@@ -121,7 +122,7 @@ def create_app_backup(
             if percent:
                 ctx.progress(percent[0], f"Dumping the databases of app {app_id}")
             try:
-                dumped = _dump(ctx, box, app_id, config.database_dumps, path, stack)
+                dumped = _dump(ctx, box, app_id, config.database_dumps, bid, path, stack)
             except LockLostError:
                 raise
             except Exception as err:
@@ -139,13 +140,13 @@ def create_app_backup(
 
 
 def _dump(
-    ctx: TaskContext, box: Box, app_id: str, wanted: list[str], path: str, stack: contextlib.ExitStack
+    ctx: TaskContext, box: Box, app_id: str, wanted: list[str], bid: str, path: str, stack: contextlib.ExitStack
 ) -> dict[str, Path]:
     """Each wanted database dumped into a private temporary directory beside the archive (same filesystem,
-    0700, removed when `stack` closes, like the archive's own temp file): addon -> file."""
+    0700, removed when `stack` closes; one a killed task left goes with its stale row, `store.cleanup_stale`)."""
     archive = file_of(box.settings, path)
     private_dir(archive.parent)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=archive.parent, prefix=".dumps-")))
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=archive.parent, prefix=dumps_prefix(bid))))
     with ctx.fenced() as conn:
         configs = addons.stored(conn, app_id)
     missing = [a for a in wanted if a not in configs]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import posixpath
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -70,6 +71,11 @@ def backup_id(kind: str, app_id: str | None, version: str, *, now: dt.datetime |
 def storage_path(kind: str, app_id: str | None, bid: str) -> str:
     """Where the archive lives, relative to the backup directory (kept apart from the id)."""
     return f"apps/{app_id}/{bid}{fileformat.SUFFIX}" if kind == "app" else f"box/{bid}{fileformat.SUFFIX}"
+
+
+def dumps_prefix(bid: str) -> str:
+    """The name of the temporary directory an app backup dumps its databases into starts so (beside its archive)."""
+    return f".dumps-{bid}-"
 
 
 def file_of(settings: Settings, relative: str) -> Path:
@@ -210,7 +216,10 @@ def cleanup_stale(conn: Connection, settings: Settings, *, older_than: dt.timede
     ).all()
     cleaned = []
     for row in rows:
-        fileformat.remove(file_of(settings, row.path))
+        archive = file_of(settings, row.path)
+        fileformat.remove(archive)
+        for leftover in archive.parent.glob(f"{dumps_prefix(row.id)}*"):  # its database dumps, if it got that far
+            shutil.rmtree(leftover, ignore_errors=True)
         changed = conn.execute(
             update(Backup)
             .where(Backup.id == row.id, Backup.state == BackupState.CREATING)
