@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.task_rates
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.cli_speed
+	$(BIN)/python -m bench.app_backup
 	mkdir -p var
 	$(BIN)/python -m bench.locks --json --seconds 1 > var/bench-locks.json
 	$(BIN)/python -m bench.plot var/bench-locks.json -o docs/lock-pairs.png \

@@ -7,8 +7,9 @@
 - `EngineError`: Docker failed (unreachable, image missing, container refused); the app is left in
   state `error` with the reason, and the same operation can be issued again.
 - `StorageError`: the app's data directory could not be made or removed (same: `error`, retry).
-- `AddonNotProvidedError` (an `InputError`): the app asks for an addon whose server is not configured.
-- `AddonError`: a database addon server failed (unreachable, refused); the app is left in `error`, retry.
+- `AddonNotProvidedError` (an `InputError`): the app asks for an addon this server does not provide.
+- `HealthError`: the app started but did not answer its health check in time (`error`, retry).
+- `AddonServerError`: a database addon server failed (unreachable, refused); the app is left in `error`, retry.
 - `NotifyError`: admin email could not be sent.
 - `BackupError`: a backup could not be made, read or restored (`CorruptBackupError`: its archive
   fails its checksum or holds a member that would land outside its target; nothing was restored).

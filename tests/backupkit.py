@@ -4,6 +4,7 @@ releases to update to, and images for infra services. Built on tests.appkit's `K
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -16,13 +17,37 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+import pytest
+from sqlalchemy import Engine, delete, insert, select, text, update
 
 from hosting import LocalContext
+from hosting.apps import addons, databases
 from hosting.apps import lifecycle as app_ops
 from models import App, Backup, PlatformState
 from tests.appkit import Kit, manifest
 from tests.owners import add_owner
+from tests.services import MARIADB_ADMIN, POSTGRES_ADMIN, require
+
+
+@pytest.fixture
+def dbkit(kit: Kit) -> Iterator[Kit]:
+    """The kit's box, with the addon servers configured; whatever a test installed is dropped afterwards."""
+    require("127.0.0.1", 3306, "MariaDB")
+    require("127.0.0.1", 5432, "PostgreSQL")
+    settings = kit.settings.model_copy(
+        update={"mysql_addon_url": MARIADB_ADMIN, "postgresql_addon_url": POSTGRES_ADMIN + "/postgres"}
+    )
+    bare = kit.box
+    kit.box = dataclasses.replace(bare, settings=settings)
+    try:
+        yield kit
+    finally:
+        with kit.engine.connect() as conn:
+            app_ids = [r[0] for r in conn.execute(text("SELECT DISTINCT app_id FROM app_addons"))]
+            leftover = {a: addons.stored(conn, a) for a in app_ids}
+        for configs in leftover.values():
+            databases.tear_down(settings, configs)
+        kit.box = bare
 
 
 def write_tree(root: Path, seed: int = 1) -> None:

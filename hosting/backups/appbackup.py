@@ -1,4 +1,10 @@
-"""One app's backup: its data directory and its config (`AppConfig`) as of now, and the `backup` operation.
+"""One app's backup: its data directory, a dump of each of its databases and its config (`AppConfig`) as of
+now, in one checksummed archive; and the `backup` operation.
+
+The dumps (`hosting.apps.databases.dump`: mysqldump `--single-transaction`, pg_dump, of the app's own
+database only) are written by the tools straight to a 0600 file in a private temporary directory beside
+the archive, which the archive writer then adds under `addons/` like any file: no dump is held in
+memory. The config records which addons were dumped (`databaseDumps`).
 
 The caller holds `app:<id>` X. Every backup *run* end (one app backup task, one full backup task)
 goes through `notify.backup_run_finished`, whose rule counts the latest runs ("the last 5 backups failed").
@@ -6,24 +12,31 @@ goes through `notify.backup_run_finished`, whose rule counts the latest runs ("t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
 from config import Settings
-from hosting.apps import ports
+from config.filemodes import private_dir
+from hosting.apps import addons, databases, ports
 from hosting.apps import state as appstate
 from hosting.apps.manifest import parse_manifest
 from hosting.apps.options import NoOptions, check_app_id, parse
 from hosting.backups import fileformat
 from hosting.backups.appconfig import AppConfig, PortBindingConfig, ResourcesConfig
 from hosting.backups.store import (
+    ADDONS,
     APP_CONFIG,
     DATA,
     BackupRecord,
     BackupState,
     backup_id,
+    dumps_prefix,
+    file_of,
     finish,
     storage_path,
     write_or_fail,
@@ -62,6 +75,7 @@ def app_config(conn: Connection, app_id: str) -> AppConfig:
         env=dict(app.env or {}),
         enable_backup=bool(app.enable_backup),
         enable_mailbox=bool(app.enable_mailbox),
+        database_dumps=[a for a in databases.DUMPABLE if a in addons.stored(conn, app_id)],
     )
 
 
@@ -102,13 +116,43 @@ def create_app_backup(
         )
         finish(ctx, box.settings, bid, error=message, source=source)
         raise BackupError(message)
-    if percent:
-        ctx.progress(percent[0], f"Backing up the data of app {app_id}")
-    contents = fileformat.Contents(dirs={DATA: data_dir}, files={}, documents={APP_CONFIG: config.to_json()})
-    written = write_or_fail(ctx, box.settings, bid, path, contents, source=source)
+    with contextlib.ExitStack() as stack:
+        files: dict[str, Path] = {}
+        if config.database_dumps:
+            if percent:
+                ctx.progress(percent[0], f"Dumping the databases of app {app_id}")
+            try:
+                dumped = _dump(ctx, box, app_id, config.database_dumps, bid, path, stack)
+            except LockLostError:
+                raise
+            except Exception as err:
+                message = f"cannot dump the databases of app {app_id}: {err}"
+                finish(ctx, box.settings, bid, error=message, source=source)
+                raise BackupError(message) from err
+            files = {f"{ADDONS}/{p.name}": p for p in dumped.values()}
+        if percent:
+            ctx.progress(percent[0], f"Backing up the data of app {app_id}")
+        contents = fileformat.Contents(dirs={DATA: data_dir}, files=files, documents={APP_CONFIG: config.to_json()})
+        written = write_or_fail(ctx, box.settings, bid, path, contents, source=source)
     if percent:
         ctx.progress(percent[1], f"Backup {bid} written ({written.size} bytes)")
     return BackupRecord(bid, path, written.size, written.sha256, config)
+
+
+def _dump(
+    ctx: TaskContext, box: Box, app_id: str, wanted: list[str], bid: str, path: str, stack: contextlib.ExitStack
+) -> dict[str, Path]:
+    """Each wanted database dumped into a private temporary directory beside the archive (same filesystem,
+    0700, removed when `stack` closes; one a killed task left goes with its stale row, `store.cleanup_stale`)."""
+    archive = file_of(box.settings, path)
+    private_dir(archive.parent)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=archive.parent, prefix=dumps_prefix(bid))))
+    with ctx.fenced() as conn:
+        configs = addons.stored(conn, app_id)
+    missing = [a for a in wanted if a not in configs]
+    if missing:
+        raise BackupError(f"the credentials of its {', '.join(missing)} database are gone; repair the app")
+    return databases.dump(box.settings, {a: configs[a] for a in wanted}, tmp)
 
 
 # ---------------------------------------------------------------------------- the `backup` app operation

@@ -41,7 +41,7 @@ class ResourcesConfig(_Doc):
 
 
 class AppConfig(_Doc):
-    """The app as of its backup: manifest, location, ports, resources, env, notes, operators, checklist."""
+    """The app as of its backup: manifest, location, ports, resources, env, notes, operators, checklist, dumps."""
 
     app_id: str | None = None
     app_store_id: str | None = None
@@ -59,6 +59,8 @@ class AppConfig(_Doc):
     env: dict[str, str] | None = None
     enable_backup: bool = True
     enable_mailbox: bool = False
+    #: The database addons whose dump the backup holds (`addons/<file>`); None: made before backups held them.
+    database_dumps: list[str] | None = None
 
     @classmethod
     def from_json(cls, document: dict[str, Any] | None) -> AppConfig:

@@ -8,6 +8,12 @@
 - `clone` (a new app id, which is this task's lock): a new app from a backup of another app, with its
   own location and ports, and the notes, operators and checklist as they were *at backup time*
   (the backup's `app_config`), not as the source app has them now. Reading a backup needs no app lock.
+
+Databases: an app backup holds a dump of each database of the app (`addons/`). Before anything changes,
+restore and clone check that the backup has a dump of every database the app needs (`check_dumps`),
+and refuse, naming them, if not. Then each of the app's own databases is dropped and made afresh
+(user/role and password kept) and the dump loaded into it: the app's own on restore, the new app's
+on clone, so a clone has the databases as of the backup, whatever the source did since.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +69,11 @@ def restore(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
     if row.app_id != app_id:
         raise BackupNotFoundError(f"backup {bid} is of app {row.app_id}, not {app_id}: clone it to make a new app")
     ctx.progress(5, f"Verifying backup {bid}")
-    path = store.verify(box.settings, row)  # CorruptBackupError here: the app was not touched
+    path, dumps = store.verify_app(box.settings, row)  # CorruptBackupError here: the app was not touched
     config = AppConfig.from_json(row.app_config)  # likewise
+    with ctx.fenced() as conn:
+        current = steps.load(conn, app_id).manifest
+    check_dumps(bid, config.manifest or current, dumps)  # likewise: a missing dump changes nothing
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, "restore")
         app = steps.load(conn, app_id)
@@ -70,10 +81,11 @@ def restore(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
         ctx.progress(30, "Removing the container")
         box.docker.remove_app_containers(app_id, stop_timeout=box.settings.app_stop_timeout_seconds)
         ctx.progress(40, "Restoring the app's data")
-        swap_data(box, app_id, path)
-        with ctx.fenced() as conn:
-            _restore_config(conn, box, app_id, app.location, config)
-        steps.provision_databases(ctx, box, app_id, percent=45)
+        with restored_data(box, app_id, path) as dump_dir:
+            with ctx.fenced() as conn:
+                _restore_config(conn, box, app_id, app.location, config)
+            own = steps.provision_databases(ctx, box, app_id, percent=45)
+            _load_dumps(ctx, box, own, dumps, dump_dir, percent=47)
         container_id = steps.build(ctx, box, app_id, start=app.run_state == RunState.RUNNING, percent=50)
         with ctx.fenced() as conn:
             steps.finish(ctx, conn, app_id, "restore", container_id=container_id, backupId=bid)
@@ -132,7 +144,8 @@ def _create_from(
             memory_limit=res.memory_limit,
         )
         ctx.progress(5, f"Verifying backup {bid}")
-        path = store.verify(box.settings, row)  # a corrupt backup: refused before anything exists
+        path, dumps = store.verify_app(box.settings, row)  # a corrupt backup: refused before anything exists
+        check_dumps(bid, config.manifest, dumps)  # and one without the dumps the app needs
 
         run_state = RunState.RUNNING if config.run_state == "running" else RunState.STOPPED
         values: dict[str, Any] = {
@@ -159,10 +172,9 @@ def _create_from(
             databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
     with steps.failures_leave_error(ctx, app_id, op):
         ctx.progress(20, "Restoring the data")
-        swap_data(box, app_id, path)
-        own = steps.provision_databases(ctx, box, app_id, percent=25)
-        if op == "clone":
-            _copy_databases(ctx, box, config.app_id, own)
+        with restored_data(box, app_id, path) as dump_dir:
+            own = steps.provision_databases(ctx, box, app_id, percent=25)
+            _load_dumps(ctx, box, own, dumps, dump_dir, percent=30)  # the backup's databases, not the source's now
         container_id = steps.build(ctx, box, app_id, start=run_state == RunState.RUNNING, percent=40)
         with ctx.fenced() as conn:
             steps.finish(
@@ -221,21 +233,37 @@ def _restore_config(conn: Connection, box: Box, app_id: str, location: str, conf
     databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
 
 
-def _copy_databases(ctx: TaskContext, box: Box, source_app: str | None, own: dict[str, dict[str, Any]]) -> None:
-    """The source app's databases, copied into the clone's own, while the source still has them.
+def check_dumps(bid: str, manifest: dict[str, Any] | None, dumps: Mapping[str, str]) -> None:
+    """Refuse (BackupError, nothing changed yet) a backup without a dump of every database the app needs.
 
-    App backups hold the data directory only, so the databases come from the source app as it is now;
-    a source that was uninstalled leaves the clone's databases empty (and says so in the log).
+    What the app needs is what the manifest it will run with asks for: the backup's own (restore puts
+    it back), so a backup from before an update that added a database still restores that version.
     """
-    with ctx.fenced() as conn:
-        source = addons.stored(conn, source_app) if source_app else {}
-    wanted = [a for a in own if a in databases.DATABASE_ADDONS]
-    missing = [a for a in wanted if a not in source]
+    if not manifest:
+        return
+    missing = [a for a in databases.needed(parse_manifest(manifest)) if a not in dumps]
     if missing:
-        logger.warning("clone of %s: the source has no %s database any more: left empty", source_app, missing)
-    if len(missing) < len(wanted):
-        ctx.progress(30, f"Copying the databases of {source_app}")
-        databases.copy_data(box.settings, source, own)
+        raise BackupError(
+            f"backup {bid} holds no dump of the app's {', '.join(missing)} database"
+            f"{'s' if len(missing) > 1 else ''}, which the app needs (a backup made before backups held "
+            "databases, or one damaged): nothing was changed; choose a backup that holds them"
+        )
+
+
+def _load_dumps(
+    ctx: TaskContext,
+    box: Box,
+    own: Mapping[str, Mapping[str, Any]],
+    dumps: Mapping[str, str],
+    directory: Path,
+    *,
+    percent: int,
+) -> None:
+    """The backup's dumps into the app's own databases, each emptied first (`databases.load`)."""
+    wanted = {a: own[a] for a in dumps if a in own}
+    if wanted:
+        ctx.progress(percent, f"Loading the backup's {', '.join(sorted(wanted))} database into the app's own")
+        databases.load(box.settings, wanted, directory)
 
 
 def _archive(conn: Connection, archive_id: str | None) -> Any:
@@ -249,7 +277,15 @@ def _archive(conn: Connection, archive_id: str | None) -> Any:
 
 
 def swap_data(box: Box, app_id: str, source: Path) -> None:
-    """Replace the app's data directory by the archive's, extracted beside it first (a rename swaps them).
+    """Replace the app's data directory by the archive's (`restored_data`, its dumps left unused)."""
+    with restored_data(box, app_id, source):
+        pass
+
+
+@contextmanager
+def restored_data(box: Box, app_id: str, source: Path) -> Iterator[Path]:
+    """Replace the app's data directory by the archive's, extracted beside it first (a rename swaps them);
+    yields the directory of the archive's database dumps (`addons/`), removed with the rest on leaving.
 
     `fileformat.extract` checks every member before it writes one, so a refused archive leaves the data as it was.
     """
@@ -268,6 +304,8 @@ def swap_data(box: Box, app_id: str, source: Path) -> None:
         if current.exists():
             os.rename(current, trash)
         os.rename(restored, current)
+        shutil.rmtree(trash, ignore_errors=True)
+        yield stage / store.ADDONS
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(trash, ignore_errors=True)

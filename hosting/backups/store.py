@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import posixpath
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, or_, select, update
 
 from config import Settings
+from hosting.apps import databases
 from hosting.apps.state import InstallState
 from hosting.backups import fileformat
 from hosting.backups.appconfig import AppConfig
@@ -32,9 +35,11 @@ from models import App, Backup, Task, TaskState, db_utcnow
 
 logger = logging.getLogger(__name__)
 
-#: Inside an app backup: the app's data directory and its config as of the backup.
+#: Inside an app backup: the app's data directory, its config as of the backup, and (reserved, apart from
+#: the data) the dumps of its databases, `addons/<hosting.apps.databases.DUMP_FILES[addon]>`.
 DATA = "data"
 APP_CONFIG = "app.json"
+ADDONS = "addons"
 
 
 class BackupState:
@@ -66,6 +71,11 @@ def backup_id(kind: str, app_id: str | None, version: str, *, now: dt.datetime |
 def storage_path(kind: str, app_id: str | None, bid: str) -> str:
     """Where the archive lives, relative to the backup directory (kept apart from the id)."""
     return f"apps/{app_id}/{bid}{fileformat.SUFFIX}" if kind == "app" else f"box/{bid}{fileformat.SUFFIX}"
+
+
+def dumps_prefix(bid: str) -> str:
+    """The name of the temporary directory an app backup dumps its databases into starts so (beside its archive)."""
+    return f".dumps-{bid}-"
 
 
 def file_of(settings: Settings, relative: str) -> Path:
@@ -153,16 +163,33 @@ def usable(conn: Connection, settings: Settings, bid: str, *, kind: str = "app")
 def verify(settings: Settings, row: Any) -> Path:
     """The archive of `row`, read in full against its recorded checksum and size, every member inside
     its target; an app backup's `data` is a directory (it becomes the app's data directory)."""
+    return verify_app(settings, row)[0]
+
+
+def verify_app(settings: Settings, row: Any) -> tuple[Path, dict[str, str]]:
+    """`verify`, and the database dumps the archive holds: addon -> member name (`addons/…`, regular files)."""
     path = file_of(settings, row.path)
     members = fileformat.verify(path, sha256=row.checksum, size=row.size)
+    dumps: dict[str, str] = {}
     if row.type == "app":
+        names = {file: addon for addon, file in databases.DUMP_FILES.items()}
         for member in members:
-            if member.name.rstrip("/") in (DATA, f"./{DATA}") and not member.isdir():
+            name = posixpath.normpath(member.name)
+            if name == DATA and not member.isdir():
                 raise CorruptBackupError(
                     f"backup archive {path} is corrupt: its {DATA!r} is not a directory; "
                     "it is refused and nothing was restored"
                 )
-    return path
+            if name == ADDONS and not member.isdir():
+                raise CorruptBackupError(f"backup archive {path} is corrupt: its {ADDONS!r} is not a directory")
+            top, _, rest = name.partition("/")
+            if top == ADDONS and rest:
+                if rest not in names or not member.isreg():
+                    raise CorruptBackupError(
+                        f"backup archive {path} is corrupt: {member.name!r} is not a database dump it can hold"
+                    )
+                dumps[names[rest]] = name
+    return path, dumps
 
 
 # ---------------------------------------------------------------------------- stale `creating` backups
@@ -189,7 +216,10 @@ def cleanup_stale(conn: Connection, settings: Settings, *, older_than: dt.timede
     ).all()
     cleaned = []
     for row in rows:
-        fileformat.remove(file_of(settings, row.path))
+        archive = file_of(settings, row.path)
+        fileformat.remove(archive)
+        for leftover in archive.parent.glob(f"{dumps_prefix(row.id)}*"):  # its database dumps, if it got that far
+            shutil.rmtree(leftover, ignore_errors=True)
         changed = conn.execute(
             update(Backup)
             .where(Backup.id == row.id, Backup.state == BackupState.CREATING)

@@ -296,6 +296,10 @@ def test_stale_creating_backups_are_marked_error_once_their_task_is_gone(kit: Ki
     partial = kit.settings.resolved_backup_dir / "apps" / app_id / f".partial-{dead}.tar.gz"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(b"half an archive")
+    dumps = {o: partial.parent / f"{store.dumps_prefix(f'app_{app_id}_{o}')}x1" for o in (live, dead)}
+    for d in dumps.values():  # the database dumps each had made when it stopped
+        d.mkdir()
+        (d / "mysql.sql").write_text("-- a dump")
     import datetime as dt
 
     with kit.engine.begin() as conn:
@@ -304,6 +308,7 @@ def test_stale_creating_backups_are_marked_error_once_their_task_is_gone(kit: Ki
     assert backup_row(kit, f"app_{app_id}_{dead}").state == "error"
     assert backup_row(kit, f"app_{app_id}_{live}").state == "creating"
     assert not partial.exists()
+    assert not dumps[dead].exists() and (dumps[live] / "mysql.sql").exists()
 
 
 def test_restore_refuses_another_apps_backup_and_a_failed_one(kit: Kit) -> None:

@@ -354,14 +354,21 @@ def test_a_dump_kept_in_a_directory_loads_into_another_apps_own_databases(box: B
     _write_pg(env_a, "dumped")
     kept = tmp_path / "backup"
     kept.mkdir()
-    assert databases.dump(box.settings, box.configs(source), kept) == ["mysql", "postgresql"]
-    for name in ("mysqldump", "postgresqldump"):
+    assert list(databases.dump(box.settings, box.configs(source), kept)) == ["mysql", "postgresql"]
+    for name in ("mysql.sql", "postgresql.sql"):
         assert (kept / name).stat().st_mode & 0o777 == 0o600
         assert env_a["CLOUDRON_MYSQL_PASSWORD"].encode() not in (kept / name).read_bytes()
     target, env_t = box.install("mysql", "postgresql")
+    _write_mysql(env_t, "stray")  # what the target had: dropped by the load, tables the dump lacks included
+    with _pg(env_t) as conn:
+        conn.execute("CREATE TABLE stray (x int)")
     for _ in range(2):  # loading again (a retried restore) replaces, it does not fail or double
         assert databases.load(box.settings, box.configs(target), kept) == ["mysql", "postgresql"]
     assert _read_mysql(env_t) == ["dumped"] and _read_pg(env_t) == ["dumped"]
+    with _pg(env_t) as conn:
+        assert [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")] == ["notes"]
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()")
+        assert owner.fetchone() == (env_t["CLOUDRON_POSTGRESQL_USERNAME"],)
     definer = _admin_mysql(
         "SELECT definer FROM information_schema.views WHERE table_schema = :db", db=env_t["CLOUDRON_MYSQL_DATABASE"]
     )

@@ -5,8 +5,6 @@ A private dockerd, the real MariaDB and PostgreSQL (`test_database_addons` cover
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -20,33 +18,13 @@ from hosting.apps import addons, databases, lifecycle
 from hosting.apps.update import update_app
 from hosting.backups import appbackup, restore
 from tests.appkit import Kit, kit, manifest, new_app_id
-from tests.services import MARIADB_ADMIN, POSTGRES_ADMIN, require
+from tests.backupkit import dbkit
+from tests.services import MARIADB_ADMIN, POSTGRES_ADMIN
 
 pytestmark = [pytest.mark.docker, pytest.mark.mariadb, pytest.mark.postgres]
-__all__ = ["kit"]  # the fixture, imported for this module
+__all__ = ["dbkit", "kit"]  # the fixtures, imported for this module
 
 ADDONS: dict[str, dict[str, Any]] = {"localstorage": {}, "mysql": {}, "postgresql": {}}
-
-
-@pytest.fixture
-def dbkit(kit: Kit) -> Iterator[Kit]:
-    """The kit's box, with the addon servers configured; whatever a test installed is dropped afterwards."""
-    require("127.0.0.1", 3306, "MariaDB")
-    require("127.0.0.1", 5432, "PostgreSQL")
-    settings = kit.settings.model_copy(
-        update={"mysql_addon_url": MARIADB_ADMIN, "postgresql_addon_url": POSTGRES_ADMIN + "/postgres"}
-    )
-    bare = kit.box
-    kit.box = dataclasses.replace(bare, settings=settings)
-    try:
-        yield kit
-    finally:
-        with kit.engine.connect() as conn:
-            app_ids = [r[0] for r in conn.execute(text("SELECT DISTINCT app_id FROM app_addons"))]
-            leftover = {a: addons.stored(conn, a) for a in app_ids}
-        for configs in leftover.values():
-            databases.tear_down(settings, configs)
-        kit.box = bare
 
 
 def _container_env(k: Kit, container_id: str) -> dict[str, str]:

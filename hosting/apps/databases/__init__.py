@@ -10,12 +10,14 @@ The lifecycle, in the order operations call it:
 - `env_for`: the environment variables apps packaged in the Cloudron manifest format read
   (`CLOUDRON_MYSQL_URL`, `…_USERNAME`, `…_PASSWORD`, `…_HOST`, `…_PORT`, `…_DATABASE`; likewise
   `CLOUDRON_POSTGRESQL_*`), so a packaged app's start script works unchanged.
-- `copy_data` (clone): the source app's database into the new app's own.
+- `dump` (backup) and `load` (restore, clone): see below.
 - `tear_down` (uninstall, before the credential rows go): drop the database and the user.
 
-Backups: `dump` and `load` write and read each database as SQL in a directory, but app backups do
-not call them yet (they hold the data directory only), so an archive made at uninstall does not hold
-the databases, and clone copies the source app's databases as they are now, not as of the backup.
+Backups: `dump` writes each database as SQL into a directory (`DUMP_FILES`), which an app backup
+archives under its reserved top-level `addons/` (`hosting.backups.appbackup`); `load` empties the
+app's own database (drops it and makes it afresh, its user and password kept) and loads the dump:
+restore into the app itself, clone and an archive's restore into the new app's. `copy_data` (live
+database to live database) is kept for tools; clone loads the backup's dump, not the source as it is now.
 
 `redis` is a known addon name the platform does not provide yet: an app asking for it is refused
 rather than started without it (a shared server with a key-prefix ACL would not isolate apps, since
@@ -60,12 +62,15 @@ Server = MySQLServer | PostgreSQLServer
 
 __all__ = [
     "DATABASE_ADDONS",
+    "DUMPABLE",
+    "DUMP_FILES",
     "Credentials",
     "check_provided",
     "copy_data",
     "dump",
     "env_for",
     "load",
+    "needed",
     "provided",
     "provision",
     "set_up",
@@ -165,29 +170,45 @@ def copy_data(
     return copied
 
 
-#: The file each addon's dump is kept in, inside a backup's directory.
-DUMP_FILES = {MYSQL: "mysqldump", POSTGRESQL: "postgresqldump"}
+#: The file each addon's dump is kept in, inside a backup's `addons/` directory.
+DUMP_FILES = {MYSQL: "mysql.sql", POSTGRESQL: "postgresql.sql"}
+#: The addons `dump` can dump (redis is not provided, so it has nothing to dump).
+DUMPABLE = tuple(DUMP_FILES)
 
 
-def dump(settings: Settings, configs: Mapping[str, Mapping[str, Any]], directory: Path) -> list[str]:
-    """Dump each of the app's databases into `directory` (`DUMP_FILES`, 0600), for a backup; the addons dumped.
+def needed(manifest: Manifest) -> list[str]:
+    """The database addons the manifest asks for, provided here or not: what a backup must hold a dump of."""
+    return [a for a in DATABASE_ADDONS if a in manifest.addons]
 
-    Not called by backups yet: an app backup holds its data directory only (see the module's notes).
+
+def dump(settings: Settings, configs: Mapping[str, Mapping[str, Any]], directory: Path) -> dict[str, Path]:
+    """Dump each of the app's databases into a file of `directory` (`DUMP_FILES`, 0600): addon -> file.
+
+    The tool writes the file itself (`common.pipe`): the dump streams to disk, never held in memory.
     """
-    dumped = []
+    dumped = {}
     for addon, file_name in DUMP_FILES.items():
         if addon in configs:
-            _server(addon, settings, "dump").dump(Credentials.from_config(configs[addon]), directory / file_name)
-            dumped.append(addon)
+            path = directory / file_name
+            _server(addon, settings, "dump").dump(Credentials.from_config(configs[addon]), path)
+            dumped[addon] = path
     return dumped
 
 
 def load(settings: Settings, configs: Mapping[str, Mapping[str, Any]], directory: Path) -> list[str]:
-    """Load the dumps `dump` left in `directory` into the app's own databases (restore, or clone from a backup)."""
+    """Load the dumps `dump` left in `directory` into the app's own databases (restore, clone); the addons loaded.
+
+    Each database is first dropped and made afresh (empty, the app's user and password kept), so
+    nothing the app wrote since the backup survives, tables the dump does not name included.
+    An addon of `configs` without a file in `directory` is left as it is: the caller checks first.
+    """
     loaded = []
     for addon, file_name in DUMP_FILES.items():
         if addon in configs and (directory / file_name).is_file():
-            _server(addon, settings, "load").load(Credentials.from_config(configs[addon]), directory / file_name)
+            server = _server(addon, settings, "load")
+            creds = Credentials.from_config(configs[addon])
+            server.reset(creds)
+            server.load(creds, directory / file_name)
             loaded.append(addon)
     return loaded
 

@@ -96,6 +96,21 @@ def pipe(
     out of the stderr quoted in the error all the same.
     """
     with ExitStack() as stack:
+        if rewrite is None and (isinstance(dump, Path) or isinstance(load, Path)):
+            # A file at one end and nothing to rewrite: the tool reads or writes the file itself, and
+            # not one byte passes through Python (a dump of any size streams at the tool's own pace).
+            if isinstance(dump, Path) and isinstance(load, Path):
+                raise ValueError("pipe: at least one end must be a command")
+            if isinstance(load, Path):
+                assert not isinstance(dump, Path)
+                out = stack.enter_context(_private_file(load))
+                tool = _start(stack, dump, dump_env, what, stdout=out)
+            else:
+                assert isinstance(dump, Path)
+                src = stack.enter_context(dump.open("rb"))
+                tool = _start(stack, load, load_env, what, stdin=src)
+            _check([tool], hide, what)
+            return
         running: list[tuple[subprocess.Popen[bytes], str, BinaryIO]] = []
         source: IO[bytes]
         sink: IO[bytes]
@@ -108,7 +123,7 @@ def pipe(
             source = producer[0].stdout
         try:
             if isinstance(load, Path):
-                sink = stack.enter_context(os.fdopen(os.open(load, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"))
+                sink = stack.enter_context(_private_file(load))
             else:
                 consumer = _start(stack, load, load_env, what, stdin=subprocess.PIPE)
                 running.append(consumer)
@@ -120,17 +135,25 @@ def pipe(
                 proc.wait()
             raise
         try:
-            for line in source:
+            for line in source:  # one line at a time: a dump is never held whole in memory
                 sink.write(rewrite(line) if rewrite else line)
         except BrokenPipeError:
             pass  # the loader gave up: its stderr says why
         finally:
             sink.close()
             source.close()
-        codes = [(proc.wait(), tool, err) for proc, tool, err in running]
-        for code, tool, err_file in codes:
-            if code != 0:
-                raise AddonServerError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
+        _check(running, hide, what)
+
+
+def _private_file(path: Path) -> IO[bytes]:
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
+def _check(running: list[tuple[subprocess.Popen[bytes], str, BinaryIO]], hide: tuple[str, ...], what: str) -> None:
+    codes = [(proc.wait(), tool, err) for proc, tool, err in running]
+    for code, tool, err_file in codes:
+        if code != 0:
+            raise AddonServerError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
 
 
 def _start(

@@ -81,6 +81,14 @@ class MySQLServer:
             conn.execute(text("DROP USER IF EXISTS :user@'%'"), {"user": user})
         logger.info("mysql addon: database %s and user %s dropped", db, user)
 
+    def reset(self, creds: Credentials) -> None:
+        """Drop the app's database and make it afresh, empty (its user, password and grant kept): before a load."""
+        db = check_name(creds.database)
+        with self._admin(f"empty database {db}") as conn:
+            quoted = conn.dialect.identifier_preparer.quote_identifier(db)
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}"))
+        self.provision(creds)
+
     def copy(self, source: Credentials, target: Credentials) -> None:
         """Copy the source app's database into the target's (already provisioned), as a consistent snapshot."""
         self._pipe(source, target, f"copy MySQL database {source.database} into {target.database}")

@@ -127,6 +127,14 @@ class PostgreSQLServer:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         logger.info("postgresql addon: database %s and role %s dropped", name, role)
 
+    def reset(self, creds: Credentials) -> None:
+        """Drop the app's database (closing its sessions) and make it afresh, empty, its role kept: before a load."""
+        name = check_name(creds.database)
+        sql = _psycopg().sql
+        with self._admin(f"empty database {name}") as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        self.provision(creds)
+
     def copy(self, source: Credentials, target: Credentials) -> None:
         """Copy the source app's database into the target's (already provisioned), owned by the target's role."""
         self._pipe(source, target, f"copy PostgreSQL database {source.database} into {target.database}")
