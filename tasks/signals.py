@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
@@ -70,7 +69,7 @@ def _child_lost(
     if row is None or row.state != TaskState.RUNNING.value:
         logger.info("task %s: a pool process died with its message; the task is %s there", task_id, row and row.state)
         return
-    if row.worker != hostname or (row.pid and _start_time(int(row.pid)) is not None):
+    if row.worker != hostname or (row.pid and timelimits.process_start(int(row.pid)) is not None):
         logger.warning(
             "task %s: a pool process died with a copy of its message; the task runs on in %s pid %s",
             task_id,
@@ -126,13 +125,13 @@ def after_exit(pid: int, task_id: str, *, hostname: str, reason: str, timeout: f
     Only if that process was the one running the task (the row says `running` on this node in
     `pid`): a revoke or a time limit that met a second copy of the message leaves the live task alone.
     """
-    started = _start_time(pid)
+    started = timelimits.process_start(pid)
 
     def watch() -> None:
         rt = process_runtime(hostname)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _start_time(pid) != started or started is None:
+            if timelimits.process_start(pid) != started or started is None:
                 row = records.get(rt.engine, task_id)
                 if row is not None and (row.state, row.worker, row.pid) == (TaskState.RUNNING.value, hostname, pid):
                     recover_dead(rt, [task_id], reason=reason)
@@ -154,15 +153,3 @@ def after_exit(pid: int, task_id: str, *, hostname: str, reason: str, timeout: f
         )
 
     threading.Thread(target=watch, name=f"reap-{task_id[:8]}", daemon=True).start()
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time, or None if it is gone or a zombie (a zombie runs no code)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return fields[19]

@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from celery.worker.request import Request
@@ -59,6 +60,7 @@ class LimitedRequest(Request):  # type: ignore[misc]
         self.time_limits = (None, soft)
         self.hard_limit: float | None = hard
         self.hard_deadline: float | None = None
+        self.process_started: str | None = None
 
     def on_accepted(self, pid: int, time_accepted: float) -> None:
         # Shrink the node's window before the acknowledgement frees a place in it (`tasks.flow`).
@@ -66,11 +68,12 @@ class LimitedRequest(Request):  # type: ignore[misc]
         super().on_accepted(pid, time_accepted)
         if self.hard_limit:
             self.hard_deadline = time.monotonic() + self.hard_limit
+            self.process_started = process_start(pid)
             _watch()
 
     def _kill_if_running(self, pid: int) -> None:
         """SIGKILL the task's process if this run of the task is still in it (row: running here, in `pid`)."""
-        if self not in active_requests:
+        if not self._still_in(pid):
             return
         hostname = self.hostname or "worker"
         from tasks.locking import process_runtime
@@ -79,12 +82,24 @@ class LimitedRequest(Request):  # type: ignore[misc]
         if row is None or (row.state, row.worker, row.pid) != (TaskState.RUNNING.value, hostname, pid):
             return
         reason = f"timed out after {self.hard_limit:g}s: killed (hard time limit)"
+        if not self._still_in(pid):  # again, just before: the process may have ended it and taken another
+            return
         logger.error("task %s[%s] %s: process %d", self.name, self.id, reason, pid)
         killed_for[self.id] = reason
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             killed_for.pop(self.id, None)
+
+    def _still_in(self, pid: int) -> bool:
+        """This request is still running, in that very process (not a new one given the same pid)."""
+        started = process_start(pid)
+        return (
+            self in active_requests
+            and self.worker_pid == pid
+            and started is not None
+            and (started == self.process_started)
+        )
 
 
 _watcher: list[threading.Thread] = []
@@ -106,8 +121,20 @@ def _watch_forever() -> None:
         for request in [r for r in list(active_requests) if isinstance(r, LimitedRequest)]:
             deadline = getattr(request, "hard_deadline", None)
             if deadline is not None and now >= deadline and request.worker_pid:
-                request.hard_deadline = None  # once
                 try:
                     request._kill_if_running(int(request.worker_pid))
-                except Exception:
-                    logger.exception("task %s: could not enforce its hard time limit", request.id)
+                    request.hard_deadline = None  # done: killed, or no longer running there
+                except Exception:  # the database out of reach, say: asked again at the next poll
+                    logger.exception("task %s: could not enforce its hard time limit yet", request.id)
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time, or None if it is gone or a zombie (a zombie runs no code)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return str(fields[19])

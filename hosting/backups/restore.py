@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from config import Settings
 from config.filemodes import private_dir
 from hosting.apps import addons, databases, ports, steps
 from hosting.apps import state as appstate
@@ -73,7 +74,9 @@ def restore(ctx: TaskContext, app_id: str, *, box: Box | None = None, **options:
     config = AppConfig.from_json(row.app_config)  # likewise
     with ctx.fenced() as conn:
         current = steps.load(conn, app_id).manifest
-    check_dumps(bid, config.manifest or current, dumps)  # likewise: a missing dump changes nothing
+    # Likewise: an addon this server no longer provides, or a missing dump, changes nothing.
+    check_addons(parse_manifest(config.manifest or current), box.settings)
+    check_dumps(bid, config.manifest or current, dumps, box.settings)
     with ctx.fenced() as conn:
         appstate.begin(conn, app_id, "restore")
         app = steps.load(conn, app_id)
@@ -145,7 +148,7 @@ def _create_from(
         )
         ctx.progress(5, f"Verifying backup {bid}")
         path, dumps = store.verify_app(box.settings, row)  # a corrupt backup: refused before anything exists
-        check_dumps(bid, config.manifest, dumps)  # and one without the dumps the app needs
+        check_dumps(bid, config.manifest, dumps, box.settings)  # and one without the dumps the app needs
 
         run_state = RunState.RUNNING if config.run_state == "running" else RunState.STOPPED
         values: dict[str, Any] = {
@@ -233,7 +236,7 @@ def _restore_config(conn: Connection, box: Box, app_id: str, location: str, conf
     databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
 
 
-def check_dumps(bid: str, manifest: dict[str, Any] | None, dumps: Mapping[str, str]) -> None:
+def check_dumps(bid: str, manifest: dict[str, Any] | None, dumps: Mapping[str, str], settings: Settings) -> None:
     """Refuse (BackupError, nothing changed yet) a backup without a dump of every database the app needs.
 
     What the app needs is what the manifest it will run with asks for: the backup's own (restore puts
@@ -241,7 +244,7 @@ def check_dumps(bid: str, manifest: dict[str, Any] | None, dumps: Mapping[str, s
     """
     if not manifest:
         return
-    missing = [a for a in databases.needed(parse_manifest(manifest)) if a not in dumps]
+    missing = [a for a in databases.needed(parse_manifest(manifest), settings) if a not in dumps]
     if missing:
         raise BackupError(
             f"backup {bid} holds no dump of the app's {', '.join(missing)} database"

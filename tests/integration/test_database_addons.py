@@ -165,6 +165,15 @@ def _read_pg(env: dict[str, str]) -> list[str]:
         return [r[0] for r in conn.execute("SELECT body FROM notes ORDER BY body")]
 
 
+def _as_app_mysql(env: dict[str, str], sql: str) -> None:
+    eng = _mysql(env)
+    try:
+        with eng.connect() as conn:
+            conn.execute(text(sql))
+    finally:
+        eng.dispose()
+
+
 def _admin_mysql(sql: str, **params: Any) -> list[Any]:
     eng = create_engine(MARIADB_ADMIN, poolclass=NullPool)
     try:
@@ -227,9 +236,12 @@ def test_mysql_app_a_cannot_reach_app_b(box: Box) -> None:
         _read_mysql(wrong)
     grants = _admin_mysql(f"SHOW GRANTS FOR '{env_a['CLOUDRON_MYSQL_USERNAME']}'@'%'")
     on = [g[0] for g in grants if " ON " in g[0] and "USAGE" not in g[0]]
-    assert on == [
-        f"GRANT ALL PRIVILEGES ON `{env_a['CLOUDRON_MYSQL_DATABASE']}`.* TO `{env_a['CLOUDRON_MYSQL_USERNAME']}`@`%`"
-    ]
+    literal = env_a["CLOUDRON_MYSQL_DATABASE"].replace("_", "\\_")  # `_` escaped: no wildcard in the grant
+    assert on == [f"GRANT ALL PRIVILEGES ON `{literal}`.* TO `{env_a['CLOUDRON_MYSQL_USERNAME']}`@`%`"]
+    # So the user cannot make a database of a name the grant's wildcard would have matched.
+    lookalike = env_a["CLOUDRON_MYSQL_DATABASE"].replace("_", "x", 1)
+    with pytest.raises(OperationalError):
+        _as_app_mysql(env_a, f"CREATE DATABASE `{lookalike}`")
 
 
 def test_postgresql_app_a_cannot_reach_app_b(box: Box) -> None:

@@ -68,17 +68,26 @@ def test_anything_else_under_addons_makes_the_archive_corrupt(tmp_path: Path, na
         store.verify_app(settings, row)
 
 
+#: Settings with both database servers configured (nothing connects to them here).
+SERVERS = load_settings(
+    mysql_addon_url="mysql+pymysql://root@127.0.0.1:3306",
+    postgresql_addon_url="postgresql+psycopg://postgres@127.0.0.1",
+)
+
+
 def test_a_backup_without_a_dump_the_manifest_needs_is_refused_naming_it() -> None:
     both = {**MANIFEST, "addons": {"mysql": {}, "postgresql": {}, "localstorage": {}}}
     with pytest.raises(BackupError, match=r"no dump of the app's mysql, postgresql databases, .*nothing was changed"):
-        check_dumps("b1", both, {})
+        check_dumps("b1", both, {}, SERVERS)
     with pytest.raises(BackupError, match=r"no dump of the app's postgresql database, "):
-        check_dumps("b1", both, {"mysql": "addons/mysql.sql"})
+        check_dumps("b1", both, {"mysql": "addons/mysql.sql"}, SERVERS)
     with pytest.raises(BackupError, match="redis"):  # never dumped (not provided): such a backup never restores it
-        check_dumps("b1", {**MANIFEST, "addons": {"redis": {}}}, {})
-    check_dumps("b1", both, {"mysql": "addons/mysql.sql", "postgresql": "addons/postgresql.sql"})
-    check_dumps("b1", {**MANIFEST, "addons": {"localstorage": {}}}, {})  # no database: nothing to hold
-    check_dumps("b1", None, {})  # a backup with no config at all: the caller uses the app's own manifest
+        check_dumps("b1", {**MANIFEST, "addons": {"redis": {}}}, {}, SERVERS)
+    check_dumps("b1", both, {"mysql": "addons/mysql.sql", "postgresql": "addons/postgresql.sql"}, SERVERS)
+    check_dumps("b1", {**MANIFEST, "addons": {"localstorage": {}}}, {}, SERVERS)  # no database: nothing to hold
+    check_dumps("b1", None, {}, SERVERS)  # a backup with no config at all: the caller uses the app's own manifest
+    # An optional addon this server does not provide: the app runs without it, and needs no dump of it.
+    check_dumps("b1", {**MANIFEST, "addons": {"redis": {"optional": True}}}, {}, SERVERS)
 
 
 def test_the_config_records_the_dumps_and_an_old_document_has_none() -> None:

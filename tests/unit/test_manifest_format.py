@@ -232,3 +232,15 @@ def test_a_manifest_stored_before_dockerimage_still_reads() -> None:
     assert parse_manifest(old).image == "registry.example.com/full:1.0.0"
     both = {**FULL, "image": "ignored:1"}
     assert parse_manifest(both).image == FULL["dockerImage"]
+
+
+def test_an_optional_database_addon_not_provided_is_left_out_by_the_install_too() -> None:
+    """The task's own check (`databases.check_provided`, in install, update, restore) agrees with the front door's."""
+    from hosting.apps import databases
+
+    m = parse_manifest({**FULL, "addons": {"localstorage": {}, "redis": {"optional": True}, "mysql": {}}})
+    with_mysql = load_settings(mysql_addon_url="mysql+pymysql://root@127.0.0.1:3306", postgresql_addon_url="")
+    check_addons(m, with_mysql)
+    assert databases.check_provided(m, with_mysql) == ["mysql"]
+    with pytest.raises(AddonNotProvidedError, match="mysql"):
+        databases.check_provided(m, BARE)

@@ -92,9 +92,20 @@ def provided(settings: Settings) -> frozenset[str]:
 PROVIDED_DATABASE_ADDONS = provided
 
 
+def needed(manifest: Manifest, settings: Settings) -> list[str]:
+    """The database addons the app gets: those the manifest asks for, less the ones it marks optional
+    that this server does not provide (the app runs without them, as `hosting.apps.capabilities` says)."""
+    have = provided(settings)
+    return [a for a in DATABASE_ADDONS if a in manifest.addons and (a in have or not _optional(manifest.addons[a]))]
+
+
+def _optional(options: object) -> bool:
+    return isinstance(options, dict) and options.get("optional") is True
+
+
 def check_provided(manifest: Manifest, settings: Settings) -> list[str]:
-    """The database addons the manifest asks for; AddonNotProvidedError if this server lacks one."""
-    wanted = [a for a in DATABASE_ADDONS if a in manifest.addons]
+    """The database addons the app gets (`needed`); AddonNotProvidedError if this server lacks one it needs."""
+    wanted = needed(manifest, settings)
     missing = sorted(set(wanted) - provided(settings))
     if missing:
         raise AddonNotProvidedError(
@@ -174,11 +185,6 @@ def copy_data(
 DUMP_FILES = {MYSQL: "mysql.sql", POSTGRESQL: "postgresql.sql"}
 #: The addons `dump` can dump (redis is not provided, so it has nothing to dump).
 DUMPABLE = tuple(DUMP_FILES)
-
-
-def needed(manifest: Manifest) -> list[str]:
-    """The database addons the manifest asks for, provided here or not: what a backup must hold a dump of."""
-    return [a for a in DATABASE_ADDONS if a in manifest.addons]
 
 
 def dump(settings: Settings, configs: Mapping[str, Mapping[str, Any]], directory: Path) -> dict[str, Path]:

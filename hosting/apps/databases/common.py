@@ -7,11 +7,13 @@ also quoted as identifiers by each server's own quoting. Passwords are `secrets.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import secrets
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
@@ -140,8 +142,9 @@ def pipe(
         except BrokenPipeError:
             pass  # the loader gave up: its stderr says why
         finally:
-            sink.close()
-            source.close()
+            with contextlib.suppress(BrokenPipeError):  # closing flushes what the loader will never read
+                sink.close()
+            source.close()  # a dumper still writing then ends on SIGPIPE
         _check(running, hide, what)
 
 
@@ -150,10 +153,12 @@ def _private_file(path: Path) -> IO[bytes]:
 
 
 def _check(running: list[tuple[subprocess.Popen[bytes], str, BinaryIO]], hide: tuple[str, ...], what: str) -> None:
-    codes = [(proc.wait(), tool, err) for proc, tool, err in running]
-    for code, tool, err_file in codes:
-        if code != 0:
-            raise AddonServerError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
+    failed = [(code, tool, err) for code, tool, err in ((p.wait(), t, e) for p, t, e in running) if code != 0]
+    # A dumper ended by SIGPIPE only says that its loader gave up first: the loader's stderr says why.
+    failed.sort(key=lambda f: f[0] == -signal.SIGPIPE)
+    if failed:
+        code, tool, err_file = failed[0]
+        raise AddonServerError(f"cannot {what}: {tool} exited {code}: {_first_lines(err_file, hide)}")
 
 
 def _start(

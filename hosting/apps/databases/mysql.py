@@ -69,7 +69,9 @@ class MySQLServer:
                 text("CREATE USER IF NOT EXISTS :user@'%' IDENTIFIED BY :pw"), {"user": user, "pw": creds.password}
             )
             conn.execute(text("ALTER USER :user@'%' IDENTIFIED BY :pw"), {"user": user, "pw": creds.password})
-            conn.execute(text(f"GRANT ALL PRIVILEGES ON {quoted}.* TO :user@'%'"), {"user": user})
+            # In a GRANT's database name `_` is a wildcard: escaped, the grant covers this database alone.
+            literal = conn.dialect.identifier_preparer.quote_identifier(db.replace("_", "\\_"))
+            conn.execute(text(f"GRANT ALL PRIVILEGES ON {literal}.* TO :user@'%'"), {"user": user})
         logger.info("mysql addon: database %s and user %s ready", db, user)
 
     def drop(self, creds: Credentials) -> None:
