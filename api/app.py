@@ -23,6 +23,7 @@ from api import auth, metrics
 from api.limits import BodyLimit
 from api.routes import ROUTERS
 from config import Settings, get_settings
+from frontdoor import actions
 from frontdoor.errors import FrontError
 from lockman import LockError, LockManager
 from models import get_engine
@@ -43,6 +44,7 @@ _HTTP_CODES = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    actions.import_deferred()  # before the first request: no two threads import one module cycle at once
     manager_cache: dict[str, LockManager] = {}
 
     def lock_manager() -> LockManager:

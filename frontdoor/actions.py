@@ -8,6 +8,7 @@ since the box may change in between. Nothing here talks to Docker.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import uuid
@@ -74,6 +75,35 @@ def app_operations() -> list[str]:
 
 def platform_kinds() -> list[str]:
     return list(PLATFORM_KINDS)
+
+
+#: What the actions import on first use (so that `boxtasks --help` and the reading commands stay light).
+DEFERRED_IMPORTS = (
+    "hosting",
+    "hosting.apps",
+    "hosting.errors",
+    "hosting.operations",
+    "hosting.apps.capabilities",
+    "hosting.apps.claims",
+    "hosting.apps.options",
+    "hosting.apps.ports",
+    "hosting.apps.state",
+    "hosting.apps.manifest",
+    "hosting.apps.resources",
+    "hosting.backups.appconfig",
+    "hosting.backups.archives",
+    "tasks",
+    "tasks.client",
+    "tasks.errors",
+)
+
+
+def import_deferred() -> None:
+    """Import now what the actions would import on first use. A server calls it before it takes
+    requests: threads importing modules of one import cycle at the same moment can meet a half-made
+    module (an ImportError, seen as 500s when 50 installs came at once)."""
+    for name in DEFERRED_IMPORTS:
+        importlib.import_module(name)
 
 
 def capabilities() -> dict[str, Any]:
