@@ -48,9 +48,7 @@ def claim_new_app(
     failed install, say) and no other task of the app is active. Raises LocationConflictError,
     PortConflictError or StateConflictError naming the holder; the caller rolls back.
     """
-    pending = appstate.rule(operation).pending.value
-    exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
-    if exists:
+    if conn.execute(select(App.id).where(App.id == app_id)).first() is not None:
         busy = conn.execute(
             select(Task.id)
             .where(Task.app_id == app_id, Task.type == "apptask", Task.state.in_(_ACTIVE), Task.id != task_id)
@@ -58,6 +56,21 @@ def claim_new_app(
         ).first()
         if busy is not None:
             raise LocationConflictError(f"app {app_id} is busy with task {busy.id}: wait for it, or stop it")
+    take_app_row(conn, app_id, operation, values)
+    ports.reserve(conn, app_id, bindings)
+
+
+def take_app_row(conn: Connection, app_id: str, operation: str, values: Mapping[str, Any]) -> None:
+    """Insert the app in `operation`'s pending state, or take over its row where the operation may start
+    from its state: the row the front door claimed for this task, or a failed install being retried.
+
+    The front door (`claim_new_app`) and the tasks (install, clone, restore of an archive) share it.
+    Raises LocationConflictError naming the holder, or StateConflictError; the caller rolls back.
+    """
+    pending = appstate.rule(operation).pending.value
+    # A plain read first: an UPDATE of a missing row would take an InnoDB gap lock, and two
+    # installs doing that and then inserting into the same gap deadlock.
+    exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
     try:
         with conn.begin_nested():
             if not exists:
@@ -84,7 +97,6 @@ def claim_new_app(
         raise LocationConflictError(
             f"an app with id {app_id!r} was created at the same moment; choose another app id"
         ) from err
-    ports.reserve(conn, app_id, bindings)
 
 
 def release_unstarted(conn: Connection, app_id: str, operation: str) -> bool:

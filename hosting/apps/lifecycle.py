@@ -16,11 +16,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, delete, update
 
 from hosting import datadir
-from hosting.apps import addons, databases, health, ports, steps
+from hosting.apps import addons, claims, databases, health, ports, steps
 from hosting.apps import state as appstate
 from hosting.apps.capabilities import check_addons
 from hosting.apps.manifest import Manifest, parse_manifest, with_image
@@ -35,11 +34,10 @@ from hosting.apps.options import (
     parse,
 )
 from hosting.apps.resources import Limits, check_limits
-from hosting.apps.state import InstallState, RunState
+from hosting.apps.state import RunState
 from hosting.backups import archives
 from hosting.box import Box, resolve
 from hosting.context import TaskContext
-from hosting.errors import LocationConflictError
 from hosting.events import eventlog
 from hosting.operations import operation
 from models import App
@@ -280,33 +278,13 @@ def _claim_for_install(
         "manifest": stored,
         "version": manifest.version,
         "location": opts.location,
-        "installation_state": InstallState.PENDING_INSTALL.value,
         "run_state": RunState.RUNNING.value,
         "cpu_shares": limits.cpu_shares,
         "cpu_quota": limits.cpu_quota,
         "memory_limit": limits.memory_limit,
         "env": env,
     }
-    # A plain read first: an UPDATE of a missing row would take an InnoDB gap lock, and two
-    # installs doing that and then inserting into the same gap deadlock.
-    exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
-    try:
-        with conn.begin_nested():
-            if not exists:
-                conn.execute(insert(App).values(id=app_id, **values))
-                return
-            result = conn.execute(update(App).where(App.id == app_id, appstate.may_start("install")).values(**values))
-            if result.rowcount != 1:
-                raise appstate.refusal(conn, app_id, "install")
-    except IntegrityError as err:
-        holder = conn.execute(
-            select(App.id).where(App.location == opts.location, App.id != app_id).with_for_update(read=True)
-        ).scalar()
-        if holder is not None:
-            raise LocationConflictError(
-                f"location {opts.location!r} is already used by app {holder}; choose another location"
-            ) from err
-        raise appstate.refusal(conn, app_id, "install") from err
+    claims.take_app_row(conn, app_id, "install", values)
 
 
 #: Operations by name, for callers that do not go through the registry.

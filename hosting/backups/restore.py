@@ -26,12 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, select, update
 
 from config import Settings
 from config.filemodes import private_dir
-from hosting.apps import addons, databases, ports, steps
+from hosting.apps import addons, claims, databases, ports, steps
 from hosting.apps import state as appstate
 from hosting.apps.capabilities import check_addons
 from hosting.apps.manifest import Manifest, parse_manifest
@@ -42,7 +41,7 @@ from hosting.backups import fileformat, store
 from hosting.backups.appconfig import AppConfig
 from hosting.box import Box, resolve
 from hosting.context import TaskContext
-from hosting.errors import BackupError, BackupNotFoundError, CorruptBackupError, LocationConflictError
+from hosting.errors import BackupError, BackupNotFoundError, CorruptBackupError
 from hosting.operations import operation
 from models import App, Archive
 
@@ -169,7 +168,7 @@ def _create_from(
         }
         ctx.progress(10, "Recording the new app")
         with steps.busy_is_retryable(op), ctx.fenced() as conn:
-            _claim_new(conn, app_id, op, values)
+            claims.take_app_row(conn, app_id, op, values)
             ports.reserve(conn, app_id, bindings)
             addons.set_up(conn, app_id=app_id, location=location, manifest=manifest, settings=box.settings)
             databases.set_up(conn, app_id=app_id, manifest=manifest, settings=box.settings)
@@ -193,33 +192,6 @@ def _create_from(
             )
     ctx.progress(100, f"{'Cloned' if op == 'clone' else 'Restored'} {app_id} from {bid}")
     return {**steps.summary(ctx, app_id), "backupId": bid, "fromApp": config.app_id}
-
-
-def _claim_new(conn: Connection, app_id: str, op: str, values: dict[str, Any]) -> None:
-    """Insert the new app in the operation's pending state, or take over its row on a retry."""
-    pending = appstate.rule(op).pending.value
-    exists = conn.execute(select(App.id).where(App.id == app_id)).first() is not None
-    try:
-        with conn.begin_nested():
-            if not exists:
-                conn.execute(insert(App).values(id=app_id, installation_state=pending, **values))
-                return
-            if (
-                conn.execute(
-                    update(App)
-                    .where(App.id == app_id, appstate.may_start(op))
-                    .values(installation_state=pending, **values)
-                ).rowcount
-                != 1
-            ):
-                raise appstate.refusal(conn, app_id, op)
-    except IntegrityError as err:
-        holder = conn.execute(select(App.id).where(App.location == values["location"], App.id != app_id)).scalar()
-        if holder is not None:
-            raise LocationConflictError(
-                f"location {values['location']!r} is already used by app {holder}; choose another location"
-            ) from err
-        raise appstate.refusal(conn, app_id, op) from err
 
 
 def _restore_config(conn: Connection, box: Box, app_id: str, location: str, config: AppConfig) -> None:
