@@ -38,11 +38,12 @@ def wait_healthy(ctx: TaskContext, box: Box, container_id: str, manifest: Manife
     ctx.progress(percent, f"Waiting for the app to answer {what}")
     deadline = time.monotonic() + timeout
     while True:
-        ok, last = _probe(box, container_id, manifest)
+        info = box.docker.inspect(container_id) or {}
+        state = info.get("State", {})
+        ok, last = _probe(box, container_id, info, manifest) if state.get("Running") else (False, "")
         if ok:
             logger.info("app container %s answers %s: %s", container_id[:12], what, last)
             return
-        state = (box.docker.inspect(container_id) or {}).get("State", {})
         if not state.get("Running"):
             raise HealthError(
                 f"the app's container stopped (exit code {state.get('ExitCode')}) before it answered {what}"
@@ -53,8 +54,8 @@ def wait_healthy(ctx: TaskContext, box: Box, container_id: str, manifest: Manife
         time.sleep(INTERVAL_SECONDS)
 
 
-def _probe(box: Box, container_id: str, manifest: Manifest) -> tuple[bool, str]:
-    address = _address(box.docker.inspect(container_id) or {})
+def _probe(box: Box, container_id: str, info: dict[str, Any], manifest: Manifest) -> tuple[bool, str]:
+    address = _address(info)
     path = manifest.health_check_path
     if address:
         return _http(f"http://{address}:{manifest.http_port}{path}")
